@@ -1,0 +1,413 @@
+"""Reference ("peer") implementations of semi-hard triplet loss, for benchmarks.
+
+Every peer takes NumPy inputs
+
+    labels      int64,   shape (B,)
+    embeddings  float32, shape (B, D)
+    margin      float (default 1.0)
+
+and returns the loss as a Python ``float``; the ``*_loss_and_grad`` variants
+return ``(loss, grad)`` with ``grad`` = d loss / d embeddings as a float32
+NumPy array of shape (B, D), computed by the framework's autograd.
+
+Peers
+-----
+``tfa``                    tensorflow_addons.losses.triplet_semihard_loss,
+                           distance_metric="L2" (TFA's default).  This is the
+                           definition semihard_numba reproduces.
+``sentence_transformers``  sentence_transformers BatchSemiHardTripletLoss
+                           (euclidean distance, its default), its
+                           ``batch_semi_hard_triplet_loss`` called on torch
+                           tensors without a SentenceTransformer model.  Same
+                           definition as TFA (port of it); agrees to float32
+                           rounding.
+``pml``                    pytorch-metric-learning TripletMarginMiner
+                           ("semihard") + TripletMarginLoss.  DIFFERENT
+                           semantics, see :func:`pml_loss`; not expected to
+                           match TFA.
+
+All heavy imports (tensorflow, torch, ...) are done lazily inside the
+functions, so this module imports with none of those packages installed.
+Everything runs on the CPU.
+
+Run ``python bench/peers.py`` for an availability report and a small
+agreement check; ``python bench/peers.py --time --peer tfa --sizes 1024``
+times one peer (use one peer per process so peak RSS means something).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+__all__ = [
+    "PEERS",
+    "available",
+    "tfa_loss",
+    "tfa_loss_and_grad",
+    "sentence_transformers_loss",
+    "sentence_transformers_loss_and_grad",
+    "pml_loss",
+    "pml_loss_and_grad",
+    "tfa_estimated_peak_bytes",
+]
+
+
+def _as_inputs(labels, embeddings):
+    labels = np.ascontiguousarray(np.asarray(labels).reshape(-1), dtype=np.int64)
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"expected labels (B,) and embeddings (B, D); got {labels.shape} "
+            f"and {embeddings.shape}"
+        )
+    return labels, embeddings
+
+
+# --------------------------------------------------------------------------
+# TensorFlow Addons
+# --------------------------------------------------------------------------
+
+_TF_CACHE: dict = {}
+
+
+def _import_tf():
+    """Import tensorflow + tensorflow_addons quietly, CPU only (cached)."""
+    if "tf" in _TF_CACHE:
+        return _TF_CACHE["tf"], _TF_CACHE["tfa"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import tensorflow as tf
+        import tensorflow_addons as tfa
+    try:
+        tf.get_logger().setLevel("ERROR")
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        # Force CPU (a no-op for tensorflow-cpu); fails harmlessly if TF has
+        # already initialised its devices.
+        tf.config.set_visible_devices([], "GPU")
+    except Exception:  # pragma: no cover
+        pass
+    _TF_CACHE["tf"], _TF_CACHE["tfa"] = tf, tfa
+    return tf, tfa
+
+
+def _tfa_value_and_grad_fn(margin):
+    tf, tfa = _import_tf()
+    key = ("vg", float(margin))
+    fn = _TF_CACHE.get(key)
+    if fn is None:
+
+        @tf.function
+        def fn(y, x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tfa.losses.triplet_semihard_loss(
+                    y, x, margin=float(margin), distance_metric="L2"
+                )
+            return loss, tape.gradient(loss, x)
+
+        _TF_CACHE[key] = fn
+    return fn
+
+
+def tfa_loss(labels, embeddings, margin=1.0):
+    """``tfa.losses.triplet_semihard_loss(y_true, y_pred, margin, "L2")``.
+
+    TFA 0.23 signature: ``triplet_semihard_loss(y_true, y_pred, margin=1.0,
+    distance_metric="L2")``; the function is itself a ``tf.function`` (graph
+    mode).  Memory is O(B^3): it tiles the B x B distance matrix B times
+    (several float32 (B*B, B) tensors), see :func:`tfa_estimated_peak_bytes`.
+    """
+    labels, embeddings = _as_inputs(labels, embeddings)
+    tf, tfa = _import_tf()
+    with tf.device("/CPU:0"):
+        loss = tfa.losses.triplet_semihard_loss(
+            tf.constant(labels),
+            tf.constant(embeddings),
+            margin=float(margin),
+            distance_metric="L2",
+        )
+    return float(loss.numpy())
+
+
+def tfa_loss_and_grad(labels, embeddings, margin=1.0):
+    """TFA loss and d loss / d embeddings (tf.GradientTape, in a tf.function)."""
+    labels, embeddings = _as_inputs(labels, embeddings)
+    tf, _ = _import_tf()
+    fn = _tfa_value_and_grad_fn(margin)
+    with tf.device("/CPU:0"):
+        loss, grad = fn(tf.constant(labels), tf.constant(embeddings))
+    return float(loss.numpy()), np.asarray(grad.numpy(), dtype=np.float32)
+
+
+def tfa_estimated_peak_bytes(batch_size: int) -> int:
+    """Rough peak-memory estimate for TFA's loss at batch size B (forward).
+
+    The float32 tile ``(B*B, B)`` alone is 4*B^3 bytes (B=1024: 4.3 GB,
+    B=4096: 275 GB); a few such tensors are alive at once.  The factor 4 is
+    a rough upper bound of how many of them coexist.
+    """
+    b = int(batch_size)
+    return 4 * 4 * b ** 3
+
+
+# --------------------------------------------------------------------------
+# torch helpers
+# --------------------------------------------------------------------------
+
+
+def _torch_inputs(labels, embeddings, requires_grad):
+    import torch
+
+    labels, embeddings = _as_inputs(labels, embeddings)
+    y = torch.from_numpy(labels)
+    x = torch.from_numpy(embeddings.copy() if requires_grad else embeddings)
+    x = x.to(device="cpu", dtype=torch.float32)
+    if requires_grad:
+        x.requires_grad_(True)
+    return y, x
+
+
+# --------------------------------------------------------------------------
+# sentence-transformers
+# --------------------------------------------------------------------------
+
+_ST_CACHE: dict = {}
+
+
+def _st_loss_object(margin):
+    """A BatchSemiHardTripletLoss with no model (model=None).
+
+    ``__init__`` only stores ``model``, ``margin`` and ``distance_metric``, so
+    passing ``model=None`` builds the real loss object without a
+    SentenceTransformer; ``batch_semi_hard_triplet_loss(labels, embeddings)``
+    never touches the model.  The distance is the class default,
+    ``BatchHardTripletLossDistanceFunction.euclidean_distance`` (spelled
+    ``eucledian_distance`` in older releases), i.e. plain L2 like TFA's "L2".
+    """
+    key = float(margin)
+    obj = _ST_CACHE.get(key)
+    if obj is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:  # sentence-transformers >= 5.4 layout
+                from sentence_transformers.sentence_transformer.losses import (
+                    BatchSemiHardTripletLoss,
+                )
+            except ImportError:  # older releases
+                from sentence_transformers.losses import BatchSemiHardTripletLoss
+        obj = BatchSemiHardTripletLoss(model=None, margin=float(margin))
+        _ST_CACHE[key] = obj
+    return obj
+
+
+def sentence_transformers_loss(labels, embeddings, margin=1.0):
+    """sentence-transformers ``BatchSemiHardTripletLoss.batch_semi_hard_triplet_loss``.
+
+    Same definition as TFA's "L2" semi-hard loss (it is a port of it).  Note
+    sentence-transformers' own default margin is 5; here it is ``margin``.
+    """
+    import torch
+
+    y, x = _torch_inputs(labels, embeddings, requires_grad=False)
+    with torch.no_grad():
+        loss = _st_loss_object(margin).batch_semi_hard_triplet_loss(y, x)
+    return float(loss.item())
+
+
+def sentence_transformers_loss_and_grad(labels, embeddings, margin=1.0):
+    """sentence-transformers loss and d loss / d embeddings (torch autograd)."""
+    y, x = _torch_inputs(labels, embeddings, requires_grad=True)
+    loss = _st_loss_object(margin).batch_semi_hard_triplet_loss(y, x)
+    loss.backward()
+    return float(loss.item()), x.grad.detach().numpy().astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------
+# pytorch-metric-learning
+# --------------------------------------------------------------------------
+
+_PML_CACHE: dict = {}
+
+
+def _pml_objects(margin):
+    key = float(margin)
+    objs = _PML_CACHE.get(key)
+    if objs is None:
+        from pytorch_metric_learning import losses, miners
+
+        miner = miners.TripletMarginMiner(margin=float(margin), type_of_triplets="semihard")
+        loss_fn = losses.TripletMarginLoss(margin=float(margin))
+        objs = (miner, loss_fn)
+        _PML_CACHE[key] = objs
+    return objs
+
+
+def pml_loss(labels, embeddings, margin=1.0):
+    """pytorch-metric-learning: TripletMarginMiner("semihard") + TripletMarginLoss.
+
+    ``indices = miner(embeddings, labels); loss(embeddings, labels, indices)``.
+
+    NOT the TFA definition, and not expected to match it:
+
+    * distance: PML's default ``LpDistance(normalize_embeddings=True, p=2)``,
+      so embeddings are L2-normalised before distances are taken (identical to
+      TFA only if the inputs are already unit-norm);
+    * mining: *every* triplet (a, p, n) with ``0 < d(a,n) - d(a,p) <= margin``
+      is kept, rather than one semi-hard negative per (a, p) pair with a
+      fall-back to the hardest (largest-distance) negative when none exists;
+    * reduction: ``AvgNonZeroReducer``, the mean of relu(d_ap - d_an + margin)
+      over the mined triplets whose loss is > 0 (TFA: sum over positive pairs
+      divided by the number of positive pairs).
+    * cost: the miner enumerates all B * P * N triplets (a B x B x B mask when
+      B^3 < 2^31, a Python loop over anchors otherwise).
+    """
+    import torch
+
+    y, x = _torch_inputs(labels, embeddings, requires_grad=False)
+    miner, loss_fn = _pml_objects(margin)
+    with torch.no_grad():
+        indices = miner(x, y)
+        loss = loss_fn(x, y, indices)
+    return float(loss.item())
+
+
+def pml_loss_and_grad(labels, embeddings, margin=1.0):
+    """PML loss and d loss / d embeddings (torch autograd; mining is no-grad)."""
+    y, x = _torch_inputs(labels, embeddings, requires_grad=True)
+    miner, loss_fn = _pml_objects(margin)
+    indices = miner(x, y)
+    loss = loss_fn(x, y, indices)
+    if loss.requires_grad:
+        loss.backward()
+        grad = x.grad.detach().numpy().astype(np.float32, copy=False)
+    else:  # no triplet mined: loss is a constant zero
+        grad = np.zeros(x.shape, dtype=np.float32)
+    return float(loss.item()), grad
+
+
+# --------------------------------------------------------------------------
+# registry / availability
+# --------------------------------------------------------------------------
+
+PEERS = {
+    "tfa": (tfa_loss, tfa_loss_and_grad),
+    "sentence_transformers": (sentence_transformers_loss, sentence_transformers_loss_and_grad),
+    "pml": (pml_loss, pml_loss_and_grad),
+}
+
+_REQUIRES = {
+    "tfa": ("tensorflow", "tensorflow_addons"),
+    "sentence_transformers": ("torch", "sentence_transformers"),
+    "pml": ("torch", "pytorch_metric_learning"),
+}
+
+
+def available():
+    """Return ``{peer: (ok, reason)}``; imports each peer's packages to check.
+
+    ``reason`` lists the versions found, or the import error.
+    """
+    out = {}
+    for name, mods in _REQUIRES.items():
+        versions = []
+        try:
+            for mod in mods:
+                if mod == "tensorflow" or mod == "tensorflow_addons":
+                    tf, tfa = _import_tf()
+                    m = tf if mod == "tensorflow" else tfa
+                else:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        m = __import__(mod)
+                versions.append(f"{mod} {getattr(m, '__version__', '?')}")
+            if name == "sentence_transformers":
+                _st_loss_object(1.0)
+            elif name == "pml":
+                _pml_objects(1.0)
+            out[name] = (True, ", ".join(versions))
+        except Exception as exc:  # ImportError, or a broken install
+            out[name] = (False, f"{type(exc).__name__}: {exc}")
+    return out
+
+
+# --------------------------------------------------------------------------
+# command line: availability + agreement check, or timing
+# --------------------------------------------------------------------------
+
+
+def clustered_batch(n_classes=16, per_class=4, dim=16, spread=0.3, seed=0):
+    """Random clustered batch, L2-normalised: (labels int64, embeddings float32)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_classes, dim))
+    labels = np.repeat(np.arange(n_classes, dtype=np.int64), per_class)
+    x = centres[labels] + spread * rng.standard_normal((labels.size, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    perm = rng.permutation(labels.size)
+    return labels[perm], x[perm].astype(np.float32)
+
+
+def _check(margin):
+    avail = available()
+    for name, (ok, why) in avail.items():
+        print(f"{name:22s} {'yes' if ok else 'NO '}  {why}")
+    labels, emb = clustered_batch()
+    res = {}
+    for name, (loss_fn, vg_fn) in PEERS.items():
+        if avail[name][0]:
+            l1 = loss_fn(labels, emb, margin)
+            l2, g = vg_fn(labels, emb, margin)
+            res[name] = (l1, l2, g)
+            print(f"{name:22s} loss={l1:.7f}  (loss_and_grad: {l2:.7f}, |grad|={np.linalg.norm(g):.6f})")
+    if "tfa" in res and "sentence_transformers" in res:
+        a, b = res["tfa"], res["sentence_transformers"]
+        print(f"tfa vs sentence_transformers: |dloss|={abs(a[0] - b[0]):.3e}  "
+              f"max|dgrad|={np.max(np.abs(a[2] - b[2])):.3e}")
+
+
+def _time(peer, sizes, dim, per_class, repeats, grad, margin):
+    import resource
+    import time
+
+    loss_fn, vg_fn = PEERS[peer]
+    fn = vg_fn if grad else loss_fn
+    for b in sizes:
+        labels, emb = clustered_batch(n_classes=b // per_class, per_class=per_class, dim=dim, seed=b)
+        fn(labels, emb, margin)  # warm-up (tracing / JIT / allocation)
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(labels, emb, margin)
+            ts.append(time.perf_counter() - t0)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+        print(f"{peer:22s} B={b:5d} D={dim} grad={grad!s:5s} median={np.median(ts) * 1e3:10.1f} ms  "
+              f"min={min(ts) * 1e3:10.1f} ms  peak_rss={rss:6.2f} GiB", flush=True)
+
+
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--time", action="store_true", help="time instead of checking")
+    p.add_argument("--peer", choices=sorted(PEERS), default="sentence_transformers")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--per-class", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--grad", action="store_true", help="time loss+gradient")
+    p.add_argument("--margin", type=float, default=1.0)
+    a = p.parse_args(argv)
+    if a.time:
+        _time(a.peer, a.sizes, a.dim, a.per_class, a.repeats, a.grad, a.margin)
+    else:
+        _check(a.margin)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The public functions: validate, dispatch, return NumPy results in the caller's precision."""
+
+import numpy as np
+
+from ._dispatch import host_backend
+from ._inputs import host_batch
+
+_COMMON_PARAMETERS = """
+    Parameters
+    ----------
+    labels : array_like, shape (B,) or (B, 1)
+        Integer or float class ids, compared for equality.
+    embeddings : array_like, shape (B, D)
+        float32 and float64 are computed in their own precision; float16 is computed in float32
+        (as TFA does); integers are promoted to float64.
+    margin : float, default 1.0
+        The margin of the hinge max(margin + D[a, p] - D[a, n], 0).
+    distance_metric : {"L2", "squared-L2", "angular"} or callable, default "L2"
+        As TFA: Euclidean distance, its square, or 1 - cosine similarity. A callable takes the
+        (B, D) embeddings and returns the (B, B) distance matrix.
+    backend : {"auto", "cpu", "numpy", "python"}, default "auto"
+        "cpu" is the compiled Numba kernel, "numpy" the vectorized port of TFA's tensor algebra
+        (O(B^3) memory), "python" the readable loop of the post. All give the same numbers.
+    check_finite : bool, default True
+        Raise ValueError on NaN or infinite embeddings; False skips the check.
+"""
+
+
+def _with_parameters(function):
+    function.__doc__ = function.__doc__.replace("    {parameters}\n", _COMMON_PARAMETERS)
+    return function
+
+
+@_with_parameters
+def triplet_semihard_loss(labels, embeddings, margin=1.0, distance_metric="L2", backend="auto",
+                          check_finite=True):
+    """Triplet loss with online semi-hard negative mining, as `tfa.losses.triplet_semihard_loss`.
+
+    For every ordered pair (a, p), a != p, with the same label, the negative is the closest n of
+    another label with D[a, n] > D[a, p]; if there is none, a's farthest negative. The loss is the
+    mean over those pairs of max(margin + D[a, p] - D[a, n], 0).
+
+    {parameters}
+    Returns
+    -------
+    numpy scalar of the embeddings' float dtype (float64 for integer input).
+
+    Notes
+    -----
+    A batch without any positive pair gives 0.0, where TFA returns NaN (0 / 0).
+    Schroff, Kalenichenko, Philbin, "FaceNet: A Unified Embedding for Face Recognition and
+    Clustering", CVPR 2015; TFA's choice of one negative per pair is its own (see the README).
+
+    Examples
+    --------
+    >>> import numpy as np, semihard_numba
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> x = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [3.0, 0.0]], dtype=np.float32)
+    >>> float(semihard_numba.triplet_semihard_loss(labels, x))
+    0.75
+    """
+    batch = host_batch(labels, embeddings, margin, distance_metric, check_finite)
+    return batch.out_dtype.type(host_backend(backend).loss(batch))
+
+
+@_with_parameters
+def triplet_semihard_loss_and_grad(labels, embeddings, margin=1.0, distance_metric="L2",
+                                   backend="auto", check_finite=True):
+    """The loss of `triplet_semihard_loss` and its gradient with respect to the embeddings.
+
+    The gradient is what TensorFlow's automatic differentiation gives for TFA's loss: a triplet on
+    the hinge still passes gradient, negatives tied at the chosen distance share it equally, and
+    distances that are exactly 0 pass none (so duplicate points give no NaN). A callable
+    distance_metric has no gradient and raises TypeError.
+
+    {parameters}
+    Returns
+    -------
+    (loss, grad) : numpy scalar and array of the embeddings' shape, both in the output dtype.
+    """
+    if callable(distance_metric):
+        raise TypeError(
+            "triplet_semihard_loss_and_grad needs a named distance_metric ('L2', 'squared-L2', "
+            "'angular'): a callable metric has no gradient"
+        )
+    batch = host_batch(labels, embeddings, margin, distance_metric, check_finite)
+    loss, grad = host_backend(backend).loss_and_grad(batch)
+    return batch.out_dtype.type(loss), grad.astype(batch.out_dtype, copy=False)
+
+
+@_with_parameters
+def mine_semihard(labels, embeddings, margin=1.0, distance_metric="L2", backend="auto",
+                  check_finite=True):
+    """The triplets TFA's rule picks: one negative for every ordered positive pair.
+
+    {parameters}
+    Returns
+    -------
+    MiningResult
+        Arrays anchor, positive, negative, semihard, loss with one entry per ordered positive
+        pair, ordered by anchor then positive. The mean of `loss` is `triplet_semihard_loss`.
+    """
+    batch = host_batch(labels, embeddings, margin, distance_metric, check_finite)
+    result = host_backend(backend).mine(batch)
+    return result

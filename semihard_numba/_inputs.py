@@ -1,0 +1,139 @@
+"""Validation and conversion of user input, shared by every backend.
+
+Everything a kernel may assume is established here: labels are int64 class codes of shape (B,),
+embeddings are a C-contiguous float32 or float64 (B, D) array, the margin is finite. The caller's
+arrays are never written to.
+"""
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import numpy as np
+
+METRICS = ("L2", "squared-L2", "angular")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A validated batch: what the backends receive."""
+
+    codes: np.ndarray  # (B,) int64: equal codes <=> equal labels
+    x: np.ndarray  # (B, D) float32 or float64, C-contiguous; the precision of the computation
+    out_dtype: np.dtype  # dtype of the returned loss and gradient (float16 input -> float16)
+    margin: float
+    metric: Union[str, Callable]
+
+    @property
+    def size(self):
+        return self.x.shape[0]
+
+
+def compute_dtype(dtype):
+    """The float dtype the loss is computed in for embeddings of `dtype`, or a TypeError."""
+    dtype = np.dtype(dtype)
+    if dtype in (np.float32, np.float64):
+        return dtype
+    if dtype == np.float16:
+        return np.dtype(np.float32)  # as TFA: half precision is computed in float32
+    if dtype.kind in "iu":
+        return np.dtype(np.float64)
+    raise TypeError(
+        f"embeddings must hold real numbers (float32, float64, float16 or integers), got dtype "
+        f"{dtype}; convert them first, e.g. np.asarray(embeddings, dtype=np.float32)"
+    )
+
+
+def output_dtype(dtype):
+    dtype = np.dtype(dtype)
+    return dtype if dtype.kind == "f" else compute_dtype(dtype)
+
+
+def check_embedding_shape(shape, n_labels):
+    """Shape checks shared by host and device input."""
+    if len(shape) != 2:
+        raise ValueError(f"embeddings must be a 2-D array of shape (B, D), got shape {tuple(shape)}")
+    if shape[0] == 0:
+        raise ValueError("the batch is empty: embeddings have B = 0 rows")
+    if shape[1] == 0:
+        raise ValueError(f"embeddings have D = 0 columns (shape {tuple(shape)})")
+    if shape[0] != n_labels:
+        raise ValueError(
+            f"labels and embeddings disagree on the batch size: {n_labels} labels for "
+            f"embeddings of shape {tuple(shape)}"
+        )
+
+
+def label_codes(labels):
+    """Map labels of shape (B,) or (B, 1) to int64 codes that are equal exactly where labels are."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"labels must have shape (B,) or (B, 1), got shape {labels.shape}")
+    if labels.dtype.kind not in "iuf":
+        raise TypeError(
+            f"labels must be integer or float class ids, got dtype {labels.dtype}; "
+            "map them to integers first, e.g. with np.unique(labels, return_inverse=True)[1]"
+        )
+    if labels.dtype.kind == "f" and np.isnan(labels).any():
+        raise ValueError(f"labels contain NaN at positions {np.flatnonzero(np.isnan(labels))[:10]}")
+    if labels.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def check_margin(margin):
+    if isinstance(margin, bool) or not isinstance(margin, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"margin must be a real number, got {margin!r}")
+    if not math.isfinite(float(margin)):
+        raise ValueError(f"margin must be finite, got {margin!r}")
+    return float(margin)
+
+
+def check_metric(distance_metric):
+    if callable(distance_metric) or distance_metric in METRICS:
+        return distance_metric
+    raise ValueError(
+        f"unknown distance_metric {distance_metric!r}: use one of {', '.join(map(repr, METRICS))} "
+        "or a callable returning the (B, B) distance matrix"
+    )
+
+
+def check_finite_embeddings(x):
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise ValueError(
+            f"embeddings contain NaN or infinite values in rows {rows[:10].tolist()}"
+            f"{' ...' if rows.size > 10 else ''}; pass check_finite=False to skip this check"
+        )
+
+
+def host_batch(labels, embeddings, margin, distance_metric, check_finite=True):
+    """Validate NumPy-compatible input and return a `Batch` of host arrays."""
+    codes = label_codes(labels)
+    raw = np.asarray(embeddings)
+    dtype = compute_dtype(raw.dtype)
+    check_embedding_shape(raw.shape, codes.shape[0])
+    x = np.ascontiguousarray(raw, dtype=dtype)
+    if check_finite:
+        check_finite_embeddings(x)
+    return Batch(codes, x, output_dtype(raw.dtype), check_margin(margin), check_metric(distance_metric))
+
+
+def check_distance_matrix(D, batch_size, dtype):
+    """Validate what a callable distance metric returned; return it as a C-contiguous `dtype` array."""
+    D = np.asarray(D)
+    if D.shape != (batch_size, batch_size):
+        raise ValueError(
+            f"the distance_metric callable must return a ({batch_size}, {batch_size}) matrix, "
+            f"got shape {D.shape}"
+        )
+    if D.dtype.kind not in "iuf":
+        raise TypeError(f"the distance_metric callable returned dtype {D.dtype}, expected floats")
+    D = np.array(D, dtype=dtype, order="C")  # a private copy: the kernels may overwrite it
+    if not np.isfinite(D).all():
+        raise ValueError("the distance_metric callable returned NaN or infinite distances")
+    return D

@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from ._dispatch import host_backend
-from ._inputs import host_batch
+from ._dispatch import resolve
 
 _COMMON_PARAMETERS = """
     Parameters
@@ -56,11 +55,11 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, distance_metric="L2", 
     >>> import numpy as np, semihard_numba
     >>> labels = np.array([0, 0, 1, 1])
     >>> x = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [3.0, 0.0]], dtype=np.float32)
-    >>> float(semihard_numba.triplet_semihard_loss(labels, x))
-    0.75
+    >>> round(float(semihard_numba.triplet_semihard_loss(labels, x)), 6)
+    0.542893
     """
-    batch = host_batch(labels, embeddings, margin, distance_metric, check_finite)
-    return batch.out_dtype.type(host_backend(backend).loss(batch))
+    implementation, batch = resolve(labels, embeddings, margin, distance_metric, backend, check_finite)
+    return batch.out_dtype.type(implementation.loss(batch))
 
 
 @_with_parameters
@@ -83,9 +82,11 @@ def triplet_semihard_loss_and_grad(labels, embeddings, margin=1.0, distance_metr
             "triplet_semihard_loss_and_grad needs a named distance_metric ('L2', 'squared-L2', "
             "'angular'): a callable metric has no gradient"
         )
-    batch = host_batch(labels, embeddings, margin, distance_metric, check_finite)
-    loss, grad = host_backend(backend).loss_and_grad(batch)
-    return batch.out_dtype.type(loss), grad.astype(batch.out_dtype, copy=False)
+    implementation, batch = resolve(labels, embeddings, margin, distance_metric, backend, check_finite)
+    loss, grad = implementation.loss_and_grad(batch)
+    if isinstance(grad, np.ndarray):  # device backends return the gradient in the output dtype
+        grad = grad.astype(batch.out_dtype, copy=False)
+    return batch.out_dtype.type(loss), grad
 
 
 @_with_parameters
@@ -100,6 +101,5 @@ def mine_semihard(labels, embeddings, margin=1.0, distance_metric="L2", backend=
         Arrays anchor, positive, negative, semihard, loss with one entry per ordered positive
         pair, ordered by anchor then positive. The mean of `loss` is `triplet_semihard_loss`.
     """
-    batch = host_batch(labels, embeddings, margin, distance_metric, check_finite)
-    result = host_backend(backend).mine(batch)
-    return result
+    implementation, batch = resolve(labels, embeddings, margin, distance_metric, backend, check_finite)
+    return implementation.mine(batch)

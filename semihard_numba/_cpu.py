@@ -17,7 +17,7 @@ import os
 import numpy as np
 from numba import njit, prange
 
-from ._distances import l2_normalize, pre_distance_backward, squared_norms
+from ._distances import l2_normalize, squared_norms, symmetric_pre_distance_backward
 from ._inputs import check_distance_matrix
 from ._mining import MiningResult
 
@@ -50,43 +50,81 @@ def _to_distance_row(row, sq, a, metric):
 
 
 @njit(cache=CACHE)
-def _negative_distances(row, codes, a, positives, sort_min_positives, d_an, semihard):
-    """The post's loop for one anchor: for each positive p (a skipped, in order) the distance to
-    TFA's negative, written to d_an[k], and whether it was semi-hard, to semihard[k]."""
+def _sort_key(bits, sign):
+    """An unsigned integer with the same order as the float whose bit pattern is `bits` (IEEE 754:
+    set the sign bit of non-negatives, flip every bit of negatives; -0.0 counts as +0.0)."""
+    b = np.uint64(bits)
+    if b == sign:
+        b = np.uint64(0)
+    return (b ^ (sign | (sign - np.uint64(1)))) if b & sign else (b | sign)
+
+
+@njit(cache=CACHE)
+def _radix_argsort(bits, index):
+    """`index` reordered so that the floats with bit patterns bits[index] increase: a stable LSD
+    radix sort on 11-bit digits, several times faster than a comparison sort here."""
+    n = index.shape[0]
+    width = bits.itemsize * 8
+    sign = np.uint64(1) << np.uint64(width - 1)
+    keys = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        keys[i] = _sort_key(bits[index[i]], sign)
+    keys_out = np.empty_like(keys)
+    index_out = np.empty_like(index)
+    count = np.empty(2049, dtype=np.int64)
+    for shift in range(0, width, 11):
+        digit_shift = np.uint64(shift)
+        count[:] = 0
+        for i in range(n):
+            count[((keys[i] >> digit_shift) & np.uint64(2047)) + 1] += 1
+        for d in range(2048):
+            count[d + 1] += count[d]
+        for i in range(n):
+            d = (keys[i] >> digit_shift) & np.uint64(2047)
+            keys_out[count[d]] = keys[i]
+            index_out[count[d]] = index[i]
+            count[d] += 1
+        keys, keys_out = keys_out, keys
+        index, index_out = index_out, index
+    return index
+
+
+@njit(cache=CACHE)
+def _sorted_negatives(row, bits, codes, a, n_negatives):
+    """a's negatives in order of increasing distance (ties by index) and their distances."""
+    order = np.empty(n_negatives, dtype=np.int64)
+    j = 0
+    for n in range(row.shape[0]):
+        if codes[n] != codes[a]:
+            order[j] = n
+            j += 1
+    order = _radix_argsort(bits, order)
+    return order, row[order]
+
+
+@njit(cache=CACHE)
+def _negative_distances(row, codes, a, positives, negatives_sorted, d_an, semihard):
+    """The post's loop for one anchor: for each positive positives[k] the distance to TFA's
+    negative, written to d_an[k], and whether it was semi-hard, to semihard[k].
+    `negatives_sorted` holds a's negative distances in increasing order, or nothing: then the
+    negatives are scanned linearly."""
     B = row.shape[0]
-    n_negatives = B - positives.shape[0]
-    k = 0
+    n_negatives = B - positives.shape[0] - 1
     if n_negatives == 0:  # no negative at all: TFA's masked maximum is the row's minimum
-        smallest = row.min()
-        for p in positives:
-            if p != a:
-                d_an[k] = smallest
-                semihard[k] = False
-                k += 1
+        d_an[:] = row.min()
+        semihard[:] = False
+        return
+    if negatives_sorted.shape[0] > 0:
+        for k, p in enumerate(positives):
+            i = np.searchsorted(negatives_sorted, row[p], side="right")  # first one farther than p
+            semihard[k] = i < n_negatives
+            d_an[k] = negatives_sorted[min(i, n_negatives - 1)]  # else the farthest negative
         return
     n_far = -1  # the easiest negative, used if no semi-hard negative is found
     for n in range(B):
         if codes[n] != codes[a] and (n_far == -1 or row[n] > row[n_far]):
             n_far = n
-    if positives.shape[0] - 1 >= sort_min_positives:
-        negatives = np.empty(n_negatives, dtype=row.dtype)
-        j = 0
-        for n in range(B):
-            if codes[n] != codes[a]:
-                negatives[j] = row[n]
-                j += 1
-        negatives.sort()
-        for p in positives:
-            if p == a:
-                continue
-            i = np.searchsorted(negatives, row[p], side="right")  # first negative farther than p
-            semihard[k] = i < n_negatives
-            d_an[k] = negatives[i] if i < n_negatives else row[n_far]
-            k += 1
-        return
-    for p in positives:  # try all positives for the anchor
-        if p == a:
-            continue  # positive cannot be the same as the anchor
+    for k, p in enumerate(positives):  # try all positives for the anchor
         n0 = -1
         for n in range(B):  # find suiting negative
             if codes[n] == codes[a]:
@@ -97,7 +135,6 @@ def _negative_distances(row, codes, a, positives, sort_min_positives, d_an, semi
                 n0 = n  # hardest semi-hard negative
         semihard[k] = n0 != -1
         d_an[k] = row[n0] if n0 != -1 else row[n_far]
-        k += 1
 
 
 @njit(cache=CACHE)
@@ -110,29 +147,52 @@ def _class_members(codes):
     return members, np.cumsum(start)
 
 
-@njit(parallel=True, cache=CACHE)
-def _anchor_losses(codes, G, sq, metric, margin, sort_min_positives):
-    """Sum of triplet losses per anchor (float64). G is overwritten with distances."""
-    B = codes.shape[0]
-    members, start = _class_members(codes)
-    out = np.zeros(B)
-    for a in prange(B):
-        row = G[a]
-        _to_distance_row(row, sq, a, metric)
-        positives = members[start[codes[a]] : start[codes[a] + 1]]
-        d_an = np.empty(positives.shape[0], dtype=row.dtype)
-        semihard = np.empty(positives.shape[0], dtype=np.bool_)
-        _negative_distances(row, codes, a, positives, sort_min_positives, d_an, semihard)
-        k = 0
-        total = 0.0
-        for p in positives:
-            if p != a:
-                l = margin + (row[p] - d_an[k])
-                if l > 0:
-                    total += l
-                k += 1
-        out[a] = total
-    return out
+@njit(cache=CACHE)
+def _mine_anchor(G, G_bits, sq, codes, a, metric, members, start, sort_min_positives):
+    """Everything the kernels share for anchor a: turn row a of G into distances, then choose the
+    negative of each positive. Returns (positives, order, values, d_an, semihard); order and values
+    are a's negatives sorted by distance when the sorted search was used, else empty."""
+    row = G[a]
+    _to_distance_row(row, sq, a, metric)
+    same = members[start[codes[a]] : start[codes[a] + 1]]
+    positives = np.empty(same.shape[0] - 1, dtype=np.int64)
+    k = 0
+    for p in same:
+        if p != a:  # positive cannot be the same as the anchor
+            positives[k] = p
+            k += 1
+    n_negatives = row.shape[0] - same.shape[0]
+    order = positives[:0]
+    values = row[:0]
+    if positives.shape[0] >= sort_min_positives and n_negatives > 0:
+        order, values = _sorted_negatives(row, G_bits[a], codes, a, n_negatives)
+    d_an = np.empty(positives.shape[0], dtype=row.dtype)
+    semihard = np.empty(positives.shape[0], dtype=np.bool_)
+    _negative_distances(row, codes, a, positives, values, d_an, semihard)
+    return positives, order, values, d_an, semihard
+
+
+@njit(cache=CACHE)
+def _is_candidate(codes, a, n, has_negative):
+    """Whether n can be a's negative: another label, or anything when a has no negative (TFA then
+    uses the row's minimum)."""
+    return codes[n] != codes[a] or not has_negative
+
+
+@njit(cache=CACHE)
+def _first_tie(row, codes, a, has_negative, order, values, d):
+    """(first index, number) of the candidates at exactly distance d."""
+    if order.shape[0] > 0:
+        lo = np.searchsorted(values, d, side="left")
+        return order[lo], np.searchsorted(values, d, side="right") - lo
+    first = -1
+    count = 0
+    for n in range(row.shape[0]):
+        if row[n] == d and _is_candidate(codes, a, n, has_negative):
+            if first == -1:
+                first = n
+            count += 1
+    return first, count
 
 
 @njit(cache=CACHE)
@@ -148,75 +208,85 @@ def _distance_derivative(d, metric):
 
 
 @njit(parallel=True, cache=CACHE)
-def _mine(codes, G, sq, metric, margin, sort_min_positives, want_grad, out_anchor, out_positive,
-          out_negative, out_semihard, out_loss):
-    """Per-pair mining. Fills out_* (one entry per ordered positive pair, by anchor then positive).
-    With want_grad, row a of G ends as dL/dP[a, :] up to the factor 1 / (number of pairs)."""
+def _anchor_losses(codes, G, G_bits, sq, metric, margin, sort_min_positives, want_grad):
+    """Sum of triplet losses per anchor (float64). G is overwritten with distances, or with
+    want_grad with (number of pairs) * dL/dP, P the squared distance or the cosine."""
+    B = codes.shape[0]
+    members, start = _class_members(codes)
+    out = np.zeros(B)
+    for a in prange(B):
+        positives, order, values, d_an, semihard = _mine_anchor(
+            G, G_bits, sq, codes, a, metric, members, start, sort_min_positives
+        )
+        row = G[a]
+        has_negative = positives.shape[0] + 1 < B
+        grad_row = np.zeros(B if want_grad else 0, dtype=row.dtype)
+        total = 0.0
+        for k, p in enumerate(positives):
+            l = margin + (row[p] - d_an[k])
+            if l > 0:
+                total += l
+            if want_grad and l >= 0:  # on the hinge TF's maximum still passes gradient
+                grad_row[p] += _distance_derivative(row[p], metric)
+                # negatives tied at the chosen distance share its gradient equally
+                first, count = _first_tie(row, codes, a, has_negative, order, values, d_an[k])
+                share = _distance_derivative(d_an[k], metric) / count
+                if order.shape[0] > 0:
+                    lo = np.searchsorted(values, d_an[k], side="left")
+                    for i in range(lo, lo + count):
+                        grad_row[order[i]] -= share
+                else:
+                    for n in range(first, B):
+                        if row[n] == d_an[k] and _is_candidate(codes, a, n, has_negative):
+                            grad_row[n] -= share
+        out[a] = total
+        if want_grad:
+            row[:] = grad_row
+    return out
+
+
+@njit(parallel=True, cache=CACHE)
+def _mine_pairs(codes, G, G_bits, sq, metric, margin, sort_min_positives, out_anchor,
+                out_positive, out_negative, out_semihard, out_loss):
+    """Fill out_* with one entry per ordered positive pair, by anchor then positive."""
     B = codes.shape[0]
     members, start = _class_members(codes)
     offset = np.zeros(B + 1, dtype=np.int64)
     for a in range(B):
         offset[a + 1] = offset[a] + start[codes[a] + 1] - start[codes[a]] - 1
     for a in prange(B):
+        positives, order, values, d_an, semihard = _mine_anchor(
+            G, G_bits, sq, codes, a, metric, members, start, sort_min_positives
+        )
         row = G[a]
-        _to_distance_row(row, sq, a, metric)
-        positives = members[start[codes[a]] : start[codes[a] + 1]]
-        n_pairs = positives.shape[0] - 1
-        d_an = np.empty(n_pairs + 1, dtype=row.dtype)
-        semihard = np.empty(n_pairs + 1, dtype=np.bool_)
-        _negative_distances(row, codes, a, positives, sort_min_positives, d_an, semihard)
-        has_negative = positives.shape[0] < B
-        # Ties: the negatives at exactly the chosen distance. Sorted negatives find them by binary
-        # search; few positives scan the row.
-        sorted_search = n_pairs >= sort_min_positives and has_negative
-        if sorted_search:
-            order = np.empty(B - positives.shape[0], dtype=np.int64)
-            j = 0
-            for n in range(B):
-                if codes[n] != codes[a]:
-                    order[j] = n
-                    j += 1
-            values = row[order]
-            perm = np.argsort(values, kind="mergesort")  # stable: ties keep increasing index
-            order = order[perm]
-            values = values[perm]
-        grad_row = np.zeros(B, dtype=row.dtype)
-        k = 0
-        for p in positives:
-            if p == a:
-                continue
-            l = margin + (row[p] - d_an[k])
+        has_negative = positives.shape[0] + 1 < B
+        for k, p in enumerate(positives):
             pair = offset[a] + k
+            l = margin + (row[p] - d_an[k])
             out_anchor[pair] = a
             out_positive[pair] = p
+            out_negative[pair] = -1
+            if has_negative:
+                out_negative[pair] = _first_tie(row, codes, a, True, order, values, d_an[k])[0]
             out_semihard[pair] = semihard[k]
             out_loss[pair] = l if l > 0 else 0
-            if sorted_search:
-                lo = np.searchsorted(values, d_an[k], side="left")
-                hi = np.searchsorted(values, d_an[k], side="right")
-                out_negative[pair] = order[lo]
-            else:
-                lo = -1
-                hi = 0
-                for n in range(B):
-                    if (codes[n] != codes[a] or not has_negative) and row[n] == d_an[k]:
-                        if lo == -1:
-                            lo = n
-                        hi += 1
-                out_negative[pair] = lo if has_negative else -1
-            if want_grad and l >= 0:  # on the hinge TF's maximum still passes gradient
-                grad_row[p] += _distance_derivative(row[p], metric)
-                share = -_distance_derivative(d_an[k], metric)
-                if sorted_search:
-                    for i in range(lo, hi):
-                        grad_row[order[i]] += share / (hi - lo)
-                else:
-                    for n in range(B):
-                        if (codes[n] != codes[a] or not has_negative) and row[n] == d_an[k]:
-                            grad_row[n] += share / hi
-            k += 1
-        if want_grad:
-            row[:] = grad_row
+
+
+@njit(parallel=True, cache=CACHE)
+def _symmetrize(W):
+    """W += W.T in place, by 64 x 64 tiles: each tile pair belongs to one thread."""
+    B = W.shape[0]
+    tile = 64
+    n_tiles = (B + tile - 1) // tile
+    for ti in prange(n_tiles):
+        for tj in range(ti, n_tiles):
+            for i in range(ti * tile, min(B, ti * tile + tile)):
+                for j in range(max(i + 1, tj * tile), min(B, tj * tile + tile)):
+                    s = W[i, j] + W[j, i]
+                    W[i, j] = s
+                    W[j, i] = s
+        for i in range(ti * tile, min(B, ti * tile + tile)):
+            W[i, i] += W[i, i]
 
 
 def _gram(batch):
@@ -232,6 +302,11 @@ def _gram(batch):
     return x @ x.T, squared_norms(x), metric
 
 
+def _bits(G):
+    """G's memory viewed as unsigned integers of the same width, for the radix sort."""
+    return G.view(np.uint32 if G.dtype == np.float32 else np.uint64)
+
+
 def _pair_count(codes):
     counts = np.bincount(codes)
     return int((counts * (counts - 1)).sum())
@@ -240,12 +315,26 @@ def _pair_count(codes):
 def loss(batch, sort_min_positives=SORT_MIN_POSITIVES):
     G, sq, metric = _gram(batch)
     margin = batch.x.dtype.type(batch.margin)
-    per_anchor = _anchor_losses(batch.codes, G, sq, metric, margin, sort_min_positives)
+    per_anchor = _anchor_losses(batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives,
+                                False)
     n_pairs = _pair_count(batch.codes)
     return per_anchor.sum() / n_pairs if n_pairs else 0.0  # TFA: 0 / 0 = NaN
 
 
-def _mine_arrays(batch, want_grad, sort_min_positives):
+def loss_and_grad(batch, sort_min_positives=SORT_MIN_POSITIVES):
+    G, sq, metric = _gram(batch)
+    margin = batch.x.dtype.type(batch.margin)
+    per_anchor = _anchor_losses(batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives,
+                                True)
+    n_pairs = _pair_count(batch.codes)
+    if n_pairs == 0:
+        return 0.0, np.zeros_like(batch.x)
+    G /= n_pairs
+    _symmetrize(G)
+    return per_anchor.sum() / n_pairs, symmetric_pre_distance_backward(batch.x, G, batch.metric)
+
+
+def mine(batch, sort_min_positives=SORT_MIN_POSITIVES):
     G, sq, metric = _gram(batch)
     n_pairs = _pair_count(batch.codes)
     result = MiningResult(
@@ -256,19 +345,6 @@ def _mine_arrays(batch, want_grad, sort_min_positives):
         loss=np.empty(n_pairs, dtype=batch.x.dtype),
     )
     margin = batch.x.dtype.type(batch.margin)
-    _mine(batch.codes, G, sq, metric, margin, sort_min_positives, want_grad, result.anchor,
-          result.positive, result.negative, result.semihard, result.loss)
-    return G, result
-
-
-def mine(batch, sort_min_positives=SORT_MIN_POSITIVES):
-    return _mine_arrays(batch, False, sort_min_positives)[1]
-
-
-def loss_and_grad(batch, sort_min_positives=SORT_MIN_POSITIVES):
-    dP, result = _mine_arrays(batch, True, sort_min_positives)
-    losses = result.loss
-    if losses.size == 0:
-        return 0.0, np.zeros_like(batch.x)
-    dP /= losses.size
-    return losses.sum(dtype=np.float64) / losses.size, pre_distance_backward(batch.x, dP, batch.metric)
+    _mine_pairs(batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives, result.anchor,
+                result.positive, result.negative, result.semihard, result.loss)
+    return result

@@ -58,7 +58,11 @@ def pre_distance_backward(x, dP, metric):
     """dL/dx from dL/dP, where P is the squared-distance matrix ("L2", "squared-L2") or the cosine
     matrix ("angular"). dP is consumed (overwritten)."""
     dP += dP.T  # P is symmetric in (i, j): both entries depend on x_i and x_j
-    S = dP
+    return symmetric_pre_distance_backward(x, dP, metric)
+
+
+def symmetric_pre_distance_backward(x, S, metric):
+    """dL/dx from S = dL/dP + (dL/dP)^T."""
     if metric == "angular":
         n = l2_normalize(x)
         grad_n = S @ n  # d(n_i.n_j)/dn_i = n_j

@@ -1,0 +1,110 @@
+"""Every backend agrees with the readable loop ("python") on random batches."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import semihard_numba as sn
+from semihard_numba import _cpu
+from semihard_numba._inputs import host_batch
+
+METRICS = ["L2", "squared-L2", "angular"]
+
+
+@st.composite
+def batches(draw, max_batch=20):
+    B = draw(st.integers(1, max_batch))
+    D = draw(st.integers(1, 5))
+    n_classes = draw(st.integers(1, B))
+    labels = draw(hnp.arrays(np.int64, B, elements=st.integers(0, n_classes - 1)))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    if draw(st.booleans()):  # small integer grids: exact ties and duplicate points
+        x = draw(hnp.arrays(dtype, (B, D), elements=st.integers(-3, 3).map(float)))
+    else:
+        x = draw(hnp.arrays(dtype, (B, D), elements=st.floats(-10, 10, width=32)))
+    metric = draw(st.sampled_from(METRICS))
+    margin = draw(st.sampled_from([0.0, 0.2, 1.0, 2.5]))
+    return labels, x, metric, margin
+
+
+def assert_same_mining(mined, expected):
+    for field in ("anchor", "positive", "negative", "semihard", "loss"):
+        np.testing.assert_array_equal(getattr(mined, field), getattr(expected, field), err_msg=field)
+
+
+@given(batches())
+def test_backends_agree_with_the_readable_loop(batch):
+    labels, x, metric, margin = batch
+    rtol = 1e-6 if x.dtype == np.float32 else 1e-12
+    expected = sn.triplet_semihard_loss(labels, x, margin, metric, backend="python")
+    expected_mined = sn.mine_semihard(labels, x, margin, metric, backend="python")
+    expected_grad = sn.triplet_semihard_loss_and_grad(labels, x, margin, metric, backend="python")[1]
+    for backend in ("numpy", "cpu"):
+        loss = sn.triplet_semihard_loss(labels, x, margin, metric, backend=backend)
+        assert loss.dtype == x.dtype
+        np.testing.assert_allclose(loss, expected, rtol=rtol, atol=1e-7, err_msg=backend)
+        assert_same_mining(sn.mine_semihard(labels, x, margin, metric, backend=backend),
+                           expected_mined)
+        _, grad = sn.triplet_semihard_loss_and_grad(labels, x, margin, metric, backend=backend)
+        scale = max(1.0, np.abs(expected_grad).max())
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-5 * scale,
+                                   err_msg=backend)
+
+
+@given(batches(max_batch=40))
+def test_sorted_and_linear_negative_search_are_identical(batch):
+    labels, x, metric, margin = batch
+    b = host_batch(labels, x, margin, metric)
+    linear, sorted_ = 10**9, 0  # sort_min_positives: never / always sort
+    assert _cpu.loss(b, linear) == _cpu.loss(b, sorted_)
+    assert_same_mining(_cpu.mine(b, linear), _cpu.mine(b, sorted_))
+    loss_l, grad_l = _cpu.loss_and_grad(b, linear)
+    loss_s, grad_s = _cpu.loss_and_grad(b, sorted_)
+    assert loss_l == loss_s
+    np.testing.assert_array_equal(grad_l, grad_s)
+
+
+@pytest.mark.parametrize("backend", ["python", "numpy", "cpu"])
+@pytest.mark.parametrize("metric", METRICS)
+class TestEdgeCases:
+    def test_one_class(self, backend, metric):
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((6, 3)).astype(np.float32)
+        loss = sn.triplet_semihard_loss(np.zeros(6, int), x, 1.0, metric, backend=backend)
+        # no negative: TFA pairs every positive with the smallest entry of the anchor's row
+        expected = sn.triplet_semihard_loss(np.zeros(6, int), x, 1.0, metric, backend="python")
+        assert np.isfinite(loss) and loss == pytest.approx(expected, rel=1e-6)
+        mined = sn.mine_semihard(np.zeros(6, int), x, 1.0, metric, backend=backend)
+        assert len(mined) == 30 and (mined.negative == -1).all() and not mined.semihard.any()
+
+    def test_all_classes_distinct_gives_zero(self, backend, metric):
+        x = np.arange(12, dtype=np.float32).reshape(4, 3)
+        assert sn.triplet_semihard_loss(np.arange(4), x, 1.0, metric, backend=backend) == 0.0
+        assert len(sn.mine_semihard(np.arange(4), x, 1.0, metric, backend=backend)) == 0
+
+    def test_single_point(self, backend, metric):
+        assert sn.triplet_semihard_loss([3], [[1.0, 2.0]], 1.0, metric, backend=backend) == 0.0
+
+    def test_two_points(self, backend, metric):
+        x = np.array([[0.0, 1.0], [1.0, 0.0]])
+        same = sn.triplet_semihard_loss([0, 0], x, 1.0, metric, backend=backend)
+        expected = sn.triplet_semihard_loss([0, 0], x, 1.0, metric, backend="python")
+        assert same == pytest.approx(expected) and same > 0
+        assert sn.triplet_semihard_loss([0, 1], x, 1.0, metric, backend=backend) == 0.0
+
+    def test_duplicate_points(self, backend, metric):
+        x = np.array([[1.0, 1.0]] * 3 + [[2.0, 0.5]] * 3)
+        labels = [0, 1, 0, 1, 0, 1]
+        loss = sn.triplet_semihard_loss(labels, x, 0.5, metric, backend=backend)
+        assert loss == pytest.approx(
+            sn.triplet_semihard_loss(labels, x, 0.5, metric, backend="python"), rel=1e-12
+        )
+
+    def test_one_dimension(self, backend, metric):
+        x = np.array([[0.0], [1.0], [3.0], [4.0], [-2.0]])
+        labels = [0, 0, 1, 1, 0]
+        assert sn.triplet_semihard_loss(labels, x, 1.0, metric, backend=backend) == pytest.approx(
+            sn.triplet_semihard_loss(labels, x, 1.0, metric, backend="python"), rel=1e-12
+        )

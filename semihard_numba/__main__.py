@@ -1,0 +1,65 @@
+"""`python -m semihard_numba`: the loss of a built-in example batch on every usable backend."""
+
+import argparse
+import time
+
+import numpy as np
+
+from . import mine_semihard, triplet_semihard_loss
+from ._dispatch import BACKEND_NAMES
+
+
+def example_batch(batch_size=128, per_class=4, dim=32, seed=0):
+    """Clustered, L2-normalised float32 embeddings: per_class samples around each class centre."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(batch_size // per_class), per_class)
+    x = rng.standard_normal((batch_size // per_class, dim))[labels]
+    x += 0.8 * rng.standard_normal((len(labels), dim))
+    return labels, (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def usable_backends():
+    """The named backends this machine can run, each with the reason when it cannot."""
+    try:
+        from . import backends
+    except ImportError:  # no dispatcher report: the host backends are always usable
+        return {name: (True, "") for name in BACKEND_NAMES if name != "auto"}
+    return backends()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m semihard_numba", description=__doc__)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--per-class", type=int, default=4)
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--margin", type=float, default=1.0)
+    parser.add_argument("--metric", default="L2", choices=["L2", "squared-L2", "angular"])
+    args = parser.parse_args(argv)
+
+    labels, x = example_batch(args.batch_size, args.per_class, args.dim)
+    mined = mine_semihard(labels, x, args.margin, args.metric, backend="cpu")
+    print(f"batch: B = {len(labels)}, D = {args.dim}, {len(np.unique(labels))} classes, "
+          f"metric {args.metric}, margin {args.margin}")
+    print(f"{len(mined)} positive pairs, {mined.semihard.mean():.0%} with a semi-hard negative\n")
+    print(f"{'backend':<8} {'loss':>12} {'first call':>12} {'next call':>12}")
+    losses = {}
+    for name, (usable, reason) in usable_backends().items():
+        if not usable:
+            print(f"{name:<8} {'-':>12}   not usable here: {reason}")
+            continue
+        times = []
+        for _ in range(2):  # the first call of a compiled backend includes compilation
+            start = time.perf_counter()
+            losses[name] = triplet_semihard_loss(labels, x, args.margin, args.metric, backend=name)
+            times.append(time.perf_counter() - start)
+        print(f"{name:<8} {losses[name]:>12.7f} {times[0]:>11.4f}s {times[1]:>11.4f}s")
+    values = np.array(list(losses.values()), dtype=np.float64)
+    spread = values.max() - values.min()
+    agree = np.allclose(values, values[0], rtol=1e-5, atol=1e-6)
+    print(f"\nlargest difference between backends: {spread:.2e} "
+          f"({'they agree' if agree else 'THEY DISAGREE'})")
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

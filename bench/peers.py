@@ -150,11 +150,13 @@ def tfa_estimated_peak_bytes(batch_size: int) -> int:
     """Rough peak-memory estimate for TFA's loss at batch size B (forward).
 
     The float32 tile ``(B*B, B)`` alone is 4*B^3 bytes (B=1024: 4.3 GB,
-    B=4096: 275 GB); a few such tensors are alive at once.  The factor 4 is
-    a rough upper bound of how many of them coexist.
+    B=4096: 275 GB) and several such tensors are alive at once: peak RSS was
+    measured at 18 GiB (B=1024, loss only; 19 GiB with gradient) and 2.6 GiB
+    (B=512) with TF 2.15.1 on CPU, i.e. about 18*B^3 bytes.  So B=2048 needs
+    ~155 GB and B=4096 ~1.2 TB: not runnable on an ordinary machine.
     """
     b = int(batch_size)
-    return 4 * 4 * b ** 3
+    return 18 * b ** 3
 
 
 # --------------------------------------------------------------------------
@@ -387,7 +389,8 @@ def _time(peer, sizes, dim, per_class, repeats, grad, margin):
             ts.append(time.perf_counter() - t0)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
         print(f"{peer:22s} B={b:5d} D={dim} grad={grad!s:5s} median={np.median(ts) * 1e3:10.1f} ms  "
-              f"min={min(ts) * 1e3:10.1f} ms  peak_rss={rss:6.2f} GiB", flush=True)
+              f"min={min(ts) * 1e3:10.1f} ms  peak_rss={rss:6.2f} GiB  "
+              f"all_ms={[round(t * 1e3, 1) for t in ts]}", flush=True)
 
 
 def main(argv=None):

@@ -244,6 +244,8 @@ def _summary(measure):
         "floor_median_ms": floor_med * 1e3,
         "ratio_to_floor": med / floor_med if floor_med > 0 else float("nan"),
         "peak_extra_mib": measure["peak_extra_bytes"] / 2**20,
+        "peak_first_call_mib": measure.get("peak_first_bytes", 0) / 2**20,
+        "peak_warm_call_mib": measure.get("peak_warm_bytes", 0) / 2**20,
     }
 
 
@@ -279,7 +281,8 @@ def rows_from(result, impl, b, args):
 
 
 COLUMNS = ["impl", "op", "B", "k", "D", "classes", "status", "n", "median_ms", "min_ms", "max_ms",
-           "first_call_s", "floor_median_ms", "ratio_to_floor", "peak_extra_mib", "loss", "cpu_loss",
+           "first_call_s", "floor_median_ms", "ratio_to_floor", "peak_extra_mib", "peak_first_call_mib",
+           "peak_warm_call_mib", "loss", "cpu_loss",
            "abs_diff_vs_cpu", "agreement", "grad_rel_diff_vs_cpu", "semihard_frac", "active_frac",
            "hard_frac", "floor_kind", "peak_method", "loadavg", "note", "reason"]
 
@@ -335,7 +338,7 @@ def pivot_table(rows, op):
             if r["status"] == "ok":
                 cell = _fmt_ms(r["median_ms"])
                 if impl != "floor":
-                    cell += f" ({r['ratio_to_floor']:.3g}x)"
+                    cell += f" ({_fmt_ms(r['ratio_to_floor'])}x)"
                 if r.get("agreement") == "DIFFERS":
                     cell += " DIFFERS"
             else:
@@ -516,7 +519,7 @@ def main(argv=None):
             per_call = max(r["median_ms"] for r in ok) / 1e3
             peak = max(r["peak_extra_mib"] for r in ok) * 2**20
             history[impl].append((b, per_call, peak))
-            parts = [f"{r['op']} {_fmt_ms(r['median_ms'])} ms ({r['ratio_to_floor']:.2g}x)"
+            parts = [f"{r['op']} {_fmt_ms(r['median_ms'])} ms ({_fmt_ms(r['ratio_to_floor'])}x)"
                      for r in ok if impl != "floor" or r["op"] == "loss"]
             r0 = ok[0]
             check = r0.get("agreement", "")

@@ -1,0 +1,361 @@
+"""Check the "cuda" backend on a real GPU, and time it against "cpu" and a cuBLAS product.
+
+The CI runs the CUDA kernels only under Numba's simulator, which does no type inference: a kernel can
+pass there and still fail to compile on a GPU. This script runs the same checks on a device:
+
+1. every golden `triplet_semihard_loss` case (tests/data/tfa_triplet_golden.npz) on "cuda": loss,
+   gradient and mining, host and device input;
+2. device-array input from CuPy and PyTorch when installed (loss, mine, gradient stay on the device);
+3. repeated runs give bit-identical results;
+4. timings at D = 128, float32, B in 1024 ... 16384: "cpu" (host input), "cuda" with host input
+   (transfers included), "cuda" with device input, and a cuBLAS product x @ x.T (CuPy or PyTorch),
+   and the crossover B from which "cuda" beats "cpu" on host input (the dispatcher's default is
+   `_dispatch.DEFAULT_CUDA_MIN_BATCH`).
+
+Usage:
+    python bench/gpu_check.py                    # on a machine with a GPU (well under 5 minutes on an H200)
+    python bench/gpu_check.py --simulate-small   # no GPU: Numba's CUDA simulator, tiny sizes
+    python bench/gpu_check.py --ptx              # no GPU: compile every kernel to PTX (needs numba-cuda)
+
+Exit status 1 when a correctness check fails.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GOLDEN_PATH = ROOT / "tests" / "data" / "tfa_triplet_golden.npz"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384],
+                        help="batch sizes to time (default: 1024 ... 16384)")
+    parser.add_argument("--dim", type=int, default=128, help="embedding dimension D (default 128)")
+    parser.add_argument("--per-class", type=int, default=8,
+                        help="samples per class in the timed batches (default 8)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed repetitions, the median is shown")
+    parser.add_argument("--cpu-max", type=int, default=16384,
+                        help="largest B timed on the cpu backend (it is the slow one)")
+    parser.add_argument("--simulate-small", action="store_true",
+                        help="run under NUMBA_ENABLE_CUDASIM=1 with tiny sizes (no GPU needed)")
+    parser.add_argument("--ptx", action="store_true",
+                        help="only compile every kernel to PTX for --cc (no GPU needed; numba-cuda + NVVM)")
+    parser.add_argument("--cc", default="9.0", help="compute capability for --ptx (default 9.0)")
+    args = parser.parse_args(argv)
+    if args.simulate_small:
+        args.sizes = [s for s in args.sizes if s <= 64] or [16]
+        args.dim = min(args.dim, 8)
+        args.repeat = 1
+    return args
+
+
+# Parse before numba is imported: the simulator must be switched on first.
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None and ARGS.simulate_small:
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+import semihard_numba as sn  # noqa: E402
+from semihard_numba import _dispatch  # noqa: E402
+
+FAILURES = []
+
+
+def check(ok, what):
+    print(f"  {'ok  ' if ok else 'FAIL'} {what}")
+    if not ok:
+        FAILURES.append(what)
+    return ok
+
+
+def close(a, b, rtol, atol):
+    return bool(np.allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64),
+                            rtol=rtol, atol=atol, equal_nan=False))
+
+
+def optional(name):
+    try:
+        module = __import__(name)
+    except Exception as error:  # not installed, or installed without CUDA
+        return None, f"{name} not usable ({type(error).__name__}: {error})"
+    if name == "torch" and not module.cuda.is_available():
+        return None, "torch installed without a usable CUDA device"
+    if name == "cupy":
+        try:
+            module.zeros(1)
+        except Exception as error:
+            return None, f"cupy installed but unusable ({type(error).__name__}: {error})"
+    return module, f"{name} {module.__version__}"
+
+
+def environment():
+    import numba
+
+    print("== environment")
+    print(f"  numpy {np.__version__}, numba {numba.__version__}, semihard_numba {sn.__version__}")
+    for name, (usable, reason) in sn.backends().items():
+        print(f"  backend {name:6s} {'usable' if usable else 'NOT usable'}: {reason}")
+    if not sn.backends()["cuda"][0]:
+        print("the cuda backend is not usable here: nothing to check")
+        sys.exit(1)
+    from semihard_numba import _cuda
+
+    if not _cuda.simulator_enabled():
+        from numba import cuda
+
+        device = cuda.get_current_device()
+        print(f"  device: {device.name.decode() if isinstance(device.name, bytes) else device.name}, "
+              f"compute capability {device.compute_capability}")
+    return _cuda
+
+
+def golden_cases(_cuda, simulate):
+    print("== golden triplet_semihard_loss cases on cuda")
+    from numba import cuda
+
+    z = np.load(GOLDEN_PATH)
+    manifest = json.loads(str(z["manifest"]))
+    cases = [c for c in manifest if c["function"] == "triplet_semihard_loss"]
+    if simulate:
+        cases = [c for c in cases if c["batch"] <= 8]
+    failed = 0
+    for c in cases:
+        i = c["case"]
+        labels, x = z[f"c{i}_labels"], z[f"c{i}_embeddings"]
+        want, want_grad = float(z[f"c{i}_loss"]), z[f"c{i}_grad"]
+        kw = dict(margin=c["margin"], distance_metric=c["metric"])
+        loss, grad = sn.triplet_semihard_loss_and_grad(labels, x, backend="cuda", **kw)
+        dloss, dgrad = sn.triplet_semihard_loss_and_grad(labels, cuda.to_device(x), backend="cuda", **kw)
+        mined = sn.mine_semihard(labels, x, backend="cuda", **kw)
+        ref = sn.mine_semihard(labels, x, backend="cpu", **kw)
+        if np.isnan(want):
+            ok = loss == 0 and not grad.any()
+        else:
+            if i == 171:  # TF's tie handling in 1-D: compare the gradient with "python" instead
+                want_grad = sn.triplet_semihard_loss_and_grad(labels, x, backend="python", **kw)[1]
+            ok = close(loss, want, 1e-5, 1e-6) and close(grad, want_grad, 1e-4, 1e-6)
+        ok = ok and dloss == loss and close(dgrad.copy_to_host(), grad, 1e-6, 1e-7)
+        scale = 1e-5 * max(1.0, float(np.abs(ref.loss).max(initial=0)))  # distances round differently
+        ok = ok and close(mined.loss, ref.loss, 1e-4, scale)
+        ok = ok and close(mined.loss.mean() if len(mined) else 0, loss, 1e-5, 1e-6)
+        same_negatives = np.array_equal(mined.negative, ref.negative)
+        if not ok:
+            failed += 1
+            print(f"  FAIL case {i} ({c['kind']}, {c['metric']}, B={c['batch']}): loss {loss} vs {want}")
+        elif not same_negatives:
+            print(f"  note case {i}: a negative differs from cpu's on a near-tie "
+                  f"({int((mined.negative != ref.negative).sum())} of {len(mined)})")
+    check(failed == 0, f"{len(cases) - failed} of {len(cases)} golden cases within tolerance")
+
+
+def device_frameworks(_cuda):
+    print("== device-array input from CuPy / PyTorch")
+    rng = np.random.default_rng(1)
+    B, D = 256, 32
+    labels = rng.integers(0, 16, B)
+    x = rng.normal(size=(B, D)).astype(np.float32)
+    want_loss, want_grad = sn.triplet_semihard_loss_and_grad(labels, x, backend="cpu")
+    cp, cp_note = optional("cupy")
+    torch, torch_note = optional("torch")
+    print(f"  {cp_note}\n  {torch_note}")
+    inputs = []
+    if cp is not None:
+        inputs.append(("cupy float32", cp.asarray(x), cp.asarray(labels), np.float32))
+        inputs.append(("cupy float16", cp.asarray(x.astype(np.float16)), labels, np.float16))
+    if torch is not None:
+        xt = torch.as_tensor(x, device="cuda")
+        inputs.append(("torch float32", xt, torch.as_tensor(labels, device="cuda"), np.float32))
+        inputs.append(("torch transposed view", xt.T.contiguous().T, labels, np.float32))
+        inputs.append(("torch float16", xt.half(), labels, np.float16))
+    for name, xd, ld, dtype in inputs:
+        loss, grad = sn.triplet_semihard_loss_and_grad(ld, xd)  # backend="auto"
+        mined = sn.mine_semihard(ld, xd)
+        tol = 1e-5 if dtype == np.float32 else 2e-2
+        on_device = _cuda.is_device_array(grad) and _cuda.is_device_array(mined.negative)
+        check(on_device and grad.dtype == dtype and close(loss, want_loss, tol, tol)
+              and close(grad.copy_to_host(), want_grad, 1e2 * tol, 1e-2 * tol if dtype == np.float32 else 1e-3),
+              f"{name}: auto -> cuda, loss/grad match cpu, results stay on the device")
+    if torch is not None:
+        needs_grad = torch.as_tensor(x, device="cuda").requires_grad_()
+        try:
+            sn.triplet_semihard_loss(labels, needs_grad)
+            check(False, "torch tensor requiring grad: expected a clear error")
+        except Exception as error:
+            check("detach" in str(error), f"torch tensor requiring grad: {type(error).__name__} mentions detach()")
+    if not inputs:
+        print("  (neither CuPy nor PyTorch with CUDA is installed: numba device arrays only)")
+
+
+def determinism(sizes, dim):
+    print("== repeat-run determinism")
+    from numba import cuda
+
+    B = max(s for s in sizes)
+    B = min(B, 4096)
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, max(1, B // 8), B)
+    x = cuda.to_device(rng.normal(size=(B, dim)).astype(np.float32))
+    losses = {sn.triplet_semihard_loss(labels, x, backend="cuda").tobytes() for _ in range(3)}
+    grads = {sn.triplet_semihard_loss_and_grad(labels, x, backend="cuda")[1].copy_to_host().tobytes()
+             for _ in range(2)}
+    check(len(losses) == 1 and len(grads) == 1, f"B={B}: 3 losses and 2 gradients bit-identical")
+
+
+def median_time(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def timings(args, _cuda):
+    print(f"== timings, D={args.dim}, float32, {args.per_class} samples per class, median of {args.repeat}")
+    from numba import cuda
+
+    cp, _ = optional("cupy")
+    torch, _ = optional("torch")
+    if torch is not None:
+        torch.backends.cuda.matmul.allow_tf32 = False  # an FP32 product, like ours
+    rng = np.random.default_rng(3)
+    rows = []
+    for B in args.sizes:
+        labels = rng.permutation(np.arange(B) // args.per_class)
+        x = rng.normal(size=(B, args.dim)).astype(np.float32)
+        x_dev = cuda.to_device(x)
+        sn.triplet_semihard_loss(labels, x_dev, backend="cuda")  # compile / warm up
+        row = {"B": B}
+        if B <= args.cpu_max:
+            sn.triplet_semihard_loss(labels, x, backend="cpu")
+            row["cpu"] = median_time(lambda: sn.triplet_semihard_loss(labels, x, backend="cpu"), args.repeat)
+        row["cuda host"] = median_time(lambda: sn.triplet_semihard_loss(labels, x, backend="cuda"), args.repeat)
+        row["cuda device"] = median_time(lambda: sn.triplet_semihard_loss(labels, x_dev, backend="cuda"),
+                                         args.repeat)
+        row["cuda grad device"] = median_time(
+            lambda: sn.triplet_semihard_loss_and_grad(labels, x_dev, backend="cuda")[1].copy_to_host(),
+            max(1, args.repeat // 2))
+        if cp is not None:
+            xc = cp.asarray(x)
+            (xc @ xc.T)
+            cp.cuda.Device().synchronize()
+
+            def product():
+                xc @ xc.T
+                cp.cuda.Device().synchronize()
+
+            row["cuBLAS x@x.T"] = median_time(product, args.repeat)
+            row["cuBLAS via"] = "cupy"
+        elif torch is not None:
+            xt = torch.as_tensor(x, device="cuda")
+            (xt @ xt.T)
+            torch.cuda.synchronize()
+
+            def product():
+                xt @ xt.T
+                torch.cuda.synchronize()
+
+            row["cuBLAS x@x.T"] = median_time(product, args.repeat)
+            row["cuBLAS via"] = "torch"
+        rows.append(row)
+        parts = [f"{k} {v * 1e3:9.2f} ms" for k, v in row.items() if isinstance(v, float)]
+        if "cuBLAS x@x.T" in row:
+            parts.append(f"cuda device / cuBLAS = {row['cuda device'] / row['cuBLAS x@x.T']:.2f}x")
+        print(f"  B={B:6d}: " + ", ".join(parts), flush=True)
+    timed = [r for r in rows if "cpu" in r]
+    faster = [r["B"] for r in timed if r["cuda host"] < r["cpu"]]
+    crossover = None
+    for r in timed:  # the smallest B from which cuda stays faster
+        if all(s["cuda host"] < s["cpu"] for s in timed if s["B"] >= r["B"]):
+            crossover = r["B"]
+            break
+    print(f"  cuda (host input, transfers included) faster than cpu at B in {faster}")
+    print(f"  crossover B: {crossover} (dispatcher default {_dispatch.DEFAULT_CUDA_MIN_BATCH}; "
+          f"set {_dispatch.CUDA_MIN_BATCH_ENV} to override)")
+    at = [r for r in rows if r["B"] == 8192 and "cuBLAS x@x.T" in r]
+    if at:
+        ratio = at[0]["cuda device"] / at[0]["cuBLAS x@x.T"]
+        print(f"  target: B=8192 cuda (device input) within 2x of cuBLAS x@x.T: {ratio:.2f}x "
+              f"({'met' if ratio <= 2 else 'NOT met'})")
+    return rows
+
+
+def ptx_only(cc):
+    """Compile every kernel for compute capability `cc` without a GPU (type inference + NVVM)."""
+    import types as pytypes
+
+    from numba import cuda
+    from numba import types as t
+
+    from semihard_numba import _cuda
+
+    try:  # device functions otherwise ask the (absent) driver for the current device
+        import numba.cuda.dispatcher as dispatcher
+
+        dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=cc)
+    except Exception:
+        pass
+    ok = True
+    for dt, f in (("<f4", t.float32), ("<f8", t.float64)):
+        M, V, I = f[:, ::1], f[::1], t.int64[::1]
+        mining = (M, I, I, I, I, I, f, t.int64, t.float64[::1], I, I, I, t.boolean[::1], V, V, I)
+        row_norms, symmetrize, finish_squared, finish_angular = _cuda._elementwise_kernels(dt)
+        kernels = {
+            "gram": (_cuda._matmul_kernel(dt, _cuda.TILE, _cuda.REG, True), (M, M, V, t.int64, M)),
+            "matmul": (_cuda._matmul_kernel(dt, _cuda.TILE, _cuda.REG, False), (M, M, V, t.int64, M)),
+            "mining loss": (_cuda._mining_kernel(dt, _cuda.THREADS, False, False), mining),
+            "mining mine+grad": (_cuda._mining_kernel(dt, _cuda.THREADS, True, True), mining),
+            "sum": (_cuda._sum_kernel(_cuda.THREADS), (t.float64[::1], t.float64[::1])),
+            "rowsum": (_cuda._rowsum_kernel(dt, _cuda.THREADS), (M, V)),
+            "row_norms": (row_norms, (M, t.int64, V, M, V)),
+            "symmetrize": (symmetrize, (M, f)),
+            "finish_squared": (finish_squared, (M, V, M, M)),
+            "finish_angular": (finish_angular, (M, V, V, M, M)),
+            "nonfinite": (_cuda._nonfinite_rows_kernel, (M, t.uint8[::1])),
+        }
+        for name, (kernel, sig) in kernels.items():
+            try:
+                cuda.compile_ptx(kernel.py_func, sig, cc=cc)
+                print(f"  ok   {np.dtype(dt).name} {name}")
+            except Exception as error:
+                ok = False
+                print(f"  FAIL {np.dtype(dt).name} {name}: {type(error).__name__}: {error}")
+    for src, dst in ((t.float16[:, :], t.float32[:, ::1]), (t.int32[:, :], t.float64[:, ::1]),
+                     (t.float32[:, :], t.float32[:, ::1]), (t.float32[:, ::1], t.float16[:, ::1])):
+        try:
+            cuda.compile_ptx(_cuda._copy_kernel.py_func, (src, dst), cc=cc)
+            print(f"  ok   copy {src} -> {dst}")
+        except Exception as error:
+            ok = False
+            print(f"  FAIL copy {src} -> {dst}: {type(error).__name__}: {error}")
+    return ok
+
+
+def main(args):
+    if args.ptx:
+        cc = tuple(int(v) for v in args.cc.split("."))
+        print(f"== compiling every kernel to PTX for compute capability {cc}")
+        sys.exit(0 if ptx_only(cc) else 1)
+    start = time.perf_counter()
+    _cuda = environment()
+    if args.simulate_small:
+        print("  (simulator: small launches, tiny sizes; timings are meaningless)")
+        _cuda.TILE, _cuda.REG, _cuda.THREADS, _cuda.MAX_BLOCKS = 4, 2, 8, 16
+    golden_cases(_cuda, args.simulate_small)
+    device_frameworks(_cuda)
+    determinism(args.sizes, args.dim)
+    timings(args, _cuda)
+    print(f"== done in {time.perf_counter() - start:.0f} s: "
+          f"{'all checks passed' if not FAILURES else f'{len(FAILURES)} FAILED'}")
+    sys.exit(1 if FAILURES else 0)
+
+
+if __name__ == "__main__":
+    main(ARGS)

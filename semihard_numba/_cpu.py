@@ -17,7 +17,12 @@ import os
 import numpy as np
 from numba import njit, prange
 
-from ._distances import l2_normalize, squared_norms, symmetric_pre_distance_backward
+from ._distances import (
+    l2_normalize,
+    normalize_backward,
+    squared_norms,
+    symmetric_pre_distance_backward,
+)
 from ._inputs import check_distance_matrix
 from ._mining import MiningResult
 
@@ -25,6 +30,9 @@ CACHE = os.environ.get("SEMIHARD_NUMBA_CACHE", "1") != "0"
 
 # An anchor with at least this many positives searches sorted negatives instead of scanning them.
 SORT_MIN_POSITIVES = 16
+
+# The gradient walks the nonzeros of dL/dP while their share of a row is below 1 / this.
+SPARSE_BACKWARD_MAX_DENSITY = 16
 
 PRECOMPUTED, L2, SQUARED_L2, ANGULAR = 0, 1, 2, 3
 METRIC_CODES = {"L2": L2, "squared-L2": SQUARED_L2, "angular": ANGULAR}
@@ -208,9 +216,9 @@ def _distance_derivative(d, metric):
 
 
 @njit(parallel=True, cache=CACHE)
-def _anchor_losses(codes, G, G_bits, sq, metric, margin, sort_min_positives, want_grad):
+def _anchor_losses(codes, G, G_bits, sq, metric, margin, sort_min_positives, want_grad, inv_pairs):
     """Sum of triplet losses per anchor (float64). G is overwritten with distances, or with
-    want_grad with (number of pairs) * dL/dP, P the squared distance or the cosine."""
+    want_grad with dL/dP, P the squared distance or the cosine; inv_pairs = 1 / number of pairs."""
     B = codes.shape[0]
     members, start = _class_members(codes)
     out = np.zeros(B)
@@ -227,10 +235,10 @@ def _anchor_losses(codes, G, G_bits, sq, metric, margin, sort_min_positives, wan
             if l > 0:
                 total += l
             if want_grad and l >= 0:  # on the hinge TF's maximum still passes gradient
-                grad_row[p] += _distance_derivative(row[p], metric)
+                grad_row[p] += inv_pairs * _distance_derivative(row[p], metric)
                 # negatives tied at the chosen distance share its gradient equally
                 first, count = _first_tie(row, codes, a, has_negative, order, values, d_an[k])
-                share = _distance_derivative(d_an[k], metric) / count
+                share = inv_pairs * _distance_derivative(d_an[k], metric) / count
                 if order.shape[0] > 0:
                     lo = np.searchsorted(values, d_an[k], side="left")
                     for i in range(lo, lo + count):
@@ -289,17 +297,42 @@ def _symmetrize(W):
             W[i, i] += W[i, i]
 
 
+@njit(parallel=True, cache=CACHE)
+def _sparse_backward(W, y, self_weight):
+    """h_i = sum_j (W_ij + W_ji) (self_weight * y_i - y_j), paying O(D) only for nonzero W_ij.
+    Rows first (one thread per row), then columns (one thread per tile of 64 columns), so each h_i
+    is summed in a fixed order whatever the thread count."""
+    B, D = y.shape
+    h = np.zeros_like(y)
+    for i in prange(B):
+        for j in range(B):
+            w = W[i, j]
+            if w != 0:
+                for d in range(D):
+                    h[i, d] += w * (self_weight * y[i, d] - y[j, d])
+    tile = 64
+    for t in prange((B + tile - 1) // tile):
+        for a in range(B):
+            for i in range(t * tile, min(B, t * tile + tile)):
+                w = W[a, i]
+                if w != 0:
+                    for d in range(D):
+                        h[i, d] += w * (self_weight * y[i, d] - y[a, d])
+    return h
+
+
 def _gram(batch):
-    """(G, squared norms, metric code): the Gram matrix the kernels turn into distances in place."""
+    """(G, squared norms, metric code, y): the Gram matrix G = y @ y.T that the kernels turn into
+    distances in place; y is x, or its normalised rows for "angular"."""
     x = batch.x
     if callable(batch.metric):
         D = check_distance_matrix(batch.metric(x), x.shape[0], x.dtype)
-        return D, np.zeros(0, dtype=x.dtype), PRECOMPUTED
+        return D, np.zeros(0, dtype=x.dtype), PRECOMPUTED, x
     metric = METRIC_CODES[batch.metric]
     if metric == ANGULAR:
         n = l2_normalize(x)
-        return n @ n.T, np.zeros(0, dtype=x.dtype), metric
-    return x @ x.T, squared_norms(x), metric
+        return n @ n.T, np.zeros(0, dtype=x.dtype), metric, n
+    return x @ x.T, squared_norms(x), metric, x
 
 
 def _bits(G):
@@ -313,29 +346,36 @@ def _pair_count(codes):
 
 
 def loss(batch, sort_min_positives=SORT_MIN_POSITIVES):
-    G, sq, metric = _gram(batch)
+    G, sq, metric, y = _gram(batch)
     margin = batch.x.dtype.type(batch.margin)
     per_anchor = _anchor_losses(batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives,
-                                False)
+                                False, 0.0)
     n_pairs = _pair_count(batch.codes)
     return per_anchor.sum() / n_pairs if n_pairs else 0.0  # TFA: 0 / 0 = NaN
 
 
-def loss_and_grad(batch, sort_min_positives=SORT_MIN_POSITIVES):
-    G, sq, metric = _gram(batch)
+def loss_and_grad(batch, sort_min_positives=SORT_MIN_POSITIVES,
+                  sparse_backward_max_density=SPARSE_BACKWARD_MAX_DENSITY):
+    G, sq, metric, y = _gram(batch)
     margin = batch.x.dtype.type(batch.margin)
-    per_anchor = _anchor_losses(batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives,
-                                True)
     n_pairs = _pair_count(batch.codes)
     if n_pairs == 0:
         return 0.0, np.zeros_like(batch.x)
-    G /= n_pairs
+    per_anchor = _anchor_losses(batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives,
+                                True, 1.0 / n_pairs)
+    loss = per_anchor.sum() / n_pairs
+    # G now holds dL/dP, with at most 2 (n_pairs / B) nonzeros per row plus ties. Small classes
+    # leave it sparse: walk its nonzeros. Large classes fill it: one BLAS product is cheaper.
+    B = batch.size
+    if 2 * n_pairs * sparse_backward_max_density < B * B:
+        h = _sparse_backward(G, y, 0.0 if metric == ANGULAR else 1.0)
+        return loss, normalize_backward(batch.x, -h) if metric == ANGULAR else 2 * h
     _symmetrize(G)
-    return per_anchor.sum() / n_pairs, symmetric_pre_distance_backward(batch.x, G, batch.metric)
+    return loss, symmetric_pre_distance_backward(batch.x, G, batch.metric)
 
 
 def mine(batch, sort_min_positives=SORT_MIN_POSITIVES):
-    G, sq, metric = _gram(batch)
+    G, sq, metric, y = _gram(batch)
     n_pairs = _pair_count(batch.codes)
     result = MiningResult(
         anchor=np.empty(n_pairs, dtype=np.int64),

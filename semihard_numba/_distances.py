@@ -64,15 +64,19 @@ def pre_distance_backward(x, dP, metric):
 def symmetric_pre_distance_backward(x, S, metric):
     """dL/dx from S = dL/dP + (dL/dP)^T."""
     if metric == "angular":
-        n = l2_normalize(x)
-        grad_n = S @ n  # d(n_i.n_j)/dn_i = n_j
-        # through n = x * r, r = rsqrt(max(|x|^2, eps)): dn/dx = r (I - n n^T), 0 beyond the max
-        sq = squared_norms(x)
-        r = 1 / np.sqrt(np.maximum(sq, x.dtype.type(L2_NORMALIZE_EPSILON)))
-        radial = np.where(sq >= L2_NORMALIZE_EPSILON, np.einsum("ij,ij->i", grad_n, n), 0)
-        return (grad_n - radial[:, None] * n) * r[:, None]
+        return normalize_backward(x, S @ l2_normalize(x))  # d(n_i.n_j)/dn_i = n_j
     # d2_ij = |x_i|^2 + |x_j|^2 - 2 x_i.x_j  =>  dL/dx_i = 2 (sum_j S_ij) x_i - 2 (S x)_i
     return 2 * (S.sum(axis=1)[:, None] * x - S @ x)
+
+
+def normalize_backward(x, grad_n):
+    """dL/dx from dL/dn, n = x * r, r = rsqrt(max(|x|^2, eps)): dn/dx = r (I - n n^T), and only
+    r I where the max clamps."""
+    n = l2_normalize(x)
+    sq = squared_norms(x)
+    r = 1 / np.sqrt(np.maximum(sq, x.dtype.type(L2_NORMALIZE_EPSILON)))
+    radial = np.where(sq >= L2_NORMALIZE_EPSILON, np.einsum("ij,ij->i", grad_n, n), 0)
+    return (grad_n - radial[:, None] * n) * r[:, None]
 
 
 def distance_backward(x, D, dD, metric):

@@ -14,7 +14,7 @@ def clustered(B, per_class, D=16, seed=0, dtype=np.float32):
     return labels, (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(dtype)
 
 
-@pytest.mark.parametrize("per_class", [4, 64])  # linear and sorted negative search
+@pytest.mark.parametrize("per_class", [4, 64])  # linear/sorted search, sparse/dense backward
 @pytest.mark.parametrize("metric", ["L2", "squared-L2", "angular"])
 def test_bit_identical_whatever_the_thread_count(per_class, metric):
     labels, x = clustered(512, per_class)

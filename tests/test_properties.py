@@ -66,6 +66,19 @@ def test_sorted_and_linear_negative_search_are_identical(batch):
     np.testing.assert_array_equal(grad_l, grad_s)
 
 
+@given(batches(max_batch=40))
+def test_sparse_and_dense_backward_agree(batch):
+    labels, x, metric, margin = batch
+    b = host_batch(labels, x, margin, metric)
+    sparse, dense = 0, 10**9  # sparse_backward_max_density: always / never walk the nonzeros
+    loss_s, grad_s = _cpu.loss_and_grad(b, sparse_backward_max_density=sparse)
+    loss_d, grad_d = _cpu.loss_and_grad(b, sparse_backward_max_density=dense)
+    assert loss_s == loss_d
+    scale = max(1.0, np.abs(grad_d).max())
+    tol = 1e-5 if x.dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(grad_s, grad_d, rtol=tol, atol=tol * scale)
+
+
 @pytest.mark.parametrize("backend", ["python", "numpy", "cpu"])
 @pytest.mark.parametrize("metric", METRICS)
 class TestEdgeCases:

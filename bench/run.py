@@ -301,6 +301,12 @@ def write_outputs(rows, meta, out_dir, plot=True, name="results"):
     with open(json_path, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     paths.append(json_path)
+    return paths + render(rows, meta, out_dir, plot, name)
+
+
+def render(rows, meta, out_dir, plot=True, name="results"):
+    """results.md and results.png from the rows (also: python -m bench --render results.json)."""
+    paths = []
     md_path = os.path.join(out_dir, f"{name}.md")
     with open(md_path, "w") as f:
         f.write(markdown(rows, meta))
@@ -320,8 +326,8 @@ def _fmt_ms(v):
 
 def pivot_table(rows, op):
     """impl x B: median ms (x floor); skipped sizes as '-'."""
-    sizes = sorted({r["B"] for r in rows})
-    impls = [i for i in ALL if any(r["impl"] == i for r in rows)]
+    sizes = sorted({r["B"] for r in rows if r.get("B") is not None})
+    impls = [i for i in ALL if any(r["impl"] == i and r.get("B") is not None for r in rows)]
     lines = ["| implementation | " + " | ".join(f"B={b}" for b in sizes) + " |",
              "|---|" + "---:|" * len(sizes)]
     for impl in impls:
@@ -378,7 +384,8 @@ def markdown(rows, meta):
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
         out += ["", "Skipped or failed:", ""]
-        out += [f"- {r['impl']} B={r['B']}: {r['status']}: {r['reason']}" for r in skipped]
+        out += [f"- {r['impl']}" + (f" B={r['B']}" if r.get("B") else "")
+                + f": {r['status']}: {r['reason']}" for r in skipped]
     return "\n".join(out) + "\n"
 
 
@@ -447,6 +454,8 @@ def parse_args(argv):
     p.add_argument("--out", default=os.path.join(HERE, "results"),
                    help="directory for results.csv/.json/.md/.png")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--render", metavar="RESULTS_JSON",
+                   help="only rewrite results.md and results.png next to an existing results.json")
     p.add_argument("--no-check", action="store_true",
                    help="skip the loss check against 'cpu' and the batch statistics")
     args = p.parse_args(argv)
@@ -459,6 +468,14 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            data = json.load(f)
+        paths = render(data["rows"], data["meta"], os.path.dirname(os.path.abspath(args.render)),
+                       plot=not args.no_plot)
+        print(markdown(data["rows"], data["meta"]))
+        print("wrote " + ", ".join(os.path.relpath(p) for p in paths))
+        return data["rows"]
     t_start = time.monotonic()
     budget = (args.max_mem_gib * 2**30 if args.max_mem_gib else mem_available() / 2)
     avail = availability()

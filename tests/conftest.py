@@ -6,3 +6,22 @@ from hypothesis import settings
 settings.register_profile("default", deadline=None, max_examples=60)
 settings.register_profile("ci", deadline=None, max_examples=100)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def _cuda_tests_runnable():
+    """The CUDA tests run under the simulator (its own pytest process) or on a usable GPU."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        return True
+    from semihard_numba import backends
+
+    return backends()["cuda"][0]
+
+
+CUDA_TESTS = _cuda_tests_runnable()
+collect_ignore = [] if CUDA_TESTS else ["test_cuda.py"]
+
+
+def pytest_report_header(config):
+    if not CUDA_TESTS:
+        return ("tests/test_cuda.py not collected: no usable GPU; run it under the simulator with "
+                "NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda.py")

@@ -13,15 +13,17 @@ Environment: SEMIHARD_NUMBA_CACHE=0 turns off Numba's on-disk cache of the compi
 """
 
 import os
+from contextlib import contextmanager
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from ._distances import (
     l2_normalize,
     normalize_backward,
+    pre_distance_backward,
     squared_norms,
-    symmetric_pre_distance_backward,
 )
 from ._inputs import check_distance_matrix
 from ._mining import MiningResult
@@ -30,6 +32,10 @@ CACHE = os.environ.get("SEMIHARD_NUMBA_CACHE", "1") != "0"
 
 # An anchor with at least this many positives searches sorted negatives instead of scanning them.
 SORT_MIN_POSITIVES = 16
+
+# Smaller batches run on one thread: right after NumPy's BLAS product its threads still spin, and
+# waking Numba's threads beside them cost ~8 ms here, far more than the kernel itself below this.
+SERIAL_MAX_BATCH = 1024
 
 # The gradient walks the nonzeros of dL/dP while their share of a row is below 1 / this.
 SPARSE_BACKWARD_MAX_DENSITY = 16
@@ -111,22 +117,28 @@ def _sorted_negatives(row, bits, codes, a, n_negatives):
 
 
 @njit(cache=CACHE)
-def _negative_distances(row, codes, a, positives, negatives_sorted, d_an, semihard):
+def _negative_distances(row, codes, a, positives, negatives_sorted, d_an, semihard, chosen):
     """The post's loop for one anchor: for each positive positives[k] the distance to TFA's
-    negative, written to d_an[k], and whether it was semi-hard, to semihard[k].
-    `negatives_sorted` holds a's negative distances in increasing order, or nothing: then the
-    negatives are scanned linearly."""
+    negative, written to d_an[k], whether it was semi-hard, to semihard[k], and where it is, to
+    chosen[k]: its index in the row, or with `negatives_sorted` (a's negative distances in
+    increasing order; empty for a linear scan) its position there. Ties: the first one."""
     B = row.shape[0]
     n_negatives = B - positives.shape[0] - 1
     if n_negatives == 0:  # no negative at all: TFA's masked maximum is the row's minimum
-        d_an[:] = row.min()
+        smallest = np.argmin(row)
+        chosen[:] = smallest
+        d_an[:] = row[smallest]
         semihard[:] = False
         return
     if negatives_sorted.shape[0] > 0:
+        far = n_negatives - 1  # the easiest negative, used if no semi-hard negative is found
+        while far > 0 and negatives_sorted[far - 1] == negatives_sorted[n_negatives - 1]:
+            far -= 1
         for k, p in enumerate(positives):
             i = np.searchsorted(negatives_sorted, row[p], side="right")  # first one farther than p
             semihard[k] = i < n_negatives
-            d_an[k] = negatives_sorted[min(i, n_negatives - 1)]  # else the farthest negative
+            chosen[k] = i if i < n_negatives else far
+            d_an[k] = negatives_sorted[chosen[k]]
         return
     n_far = -1  # the easiest negative, used if no semi-hard negative is found
     for n in range(B):
@@ -142,7 +154,8 @@ def _negative_distances(row, codes, a, positives, negatives_sorted, d_an, semiha
             if n0 == -1 or row[n] < row[n0]:
                 n0 = n  # hardest semi-hard negative
         semihard[k] = n0 != -1
-        d_an[k] = row[n0] if n0 != -1 else row[n_far]
+        chosen[k] = n0 if n0 != -1 else n_far
+        d_an[k] = row[chosen[k]]
 
 
 @njit(cache=CACHE)
@@ -158,8 +171,9 @@ def _class_members(codes):
 @njit(cache=CACHE)
 def _mine_anchor(G, G_bits, sq, codes, a, metric, members, start, sort_min_positives):
     """Everything the kernels share for anchor a: turn row a of G into distances, then choose the
-    negative of each positive. Returns (positives, order, values, d_an, semihard); order and values
-    are a's negatives sorted by distance when the sorted search was used, else empty."""
+    negative of each positive. Returns (positives, order, values, d_an, semihard, chosen); order
+    and values are a's negatives sorted by distance when the sorted search was used, else empty.
+    chosen: see _negative_distances."""
     row = G[a]
     _to_distance_row(row, sq, a, metric)
     same = members[start[codes[a]] : start[codes[a] + 1]]
@@ -176,8 +190,9 @@ def _mine_anchor(G, G_bits, sq, codes, a, metric, members, start, sort_min_posit
         order, values = _sorted_negatives(row, G_bits[a], codes, a, n_negatives)
     d_an = np.empty(positives.shape[0], dtype=row.dtype)
     semihard = np.empty(positives.shape[0], dtype=np.bool_)
-    _negative_distances(row, codes, a, positives, values, d_an, semihard)
-    return positives, order, values, d_an, semihard
+    chosen = np.empty(positives.shape[0], dtype=np.int64)
+    _negative_distances(row, codes, a, positives, values, d_an, semihard, chosen)
+    return positives, order, values, d_an, semihard, chosen
 
 
 @njit(cache=CACHE)
@@ -188,19 +203,17 @@ def _is_candidate(codes, a, n, has_negative):
 
 
 @njit(cache=CACHE)
-def _first_tie(row, codes, a, has_negative, order, values, d):
-    """(first index, number) of the candidates at exactly distance d."""
-    if order.shape[0] > 0:
-        lo = np.searchsorted(values, d, side="left")
-        return order[lo], np.searchsorted(values, d, side="right") - lo
-    first = -1
-    count = 0
-    for n in range(row.shape[0]):
-        if row[n] == d and _is_candidate(codes, a, n, has_negative):
-            if first == -1:
-                first = n
+def _ties(row, codes, a, has_negative, order, values, chosen):
+    """(first index, number) of the candidates at exactly the distance of the chosen negative."""
+    count = 1
+    if order.shape[0] > 0:  # ties follow `chosen` in sorted order
+        while chosen + count < values.shape[0] and values[chosen + count] == values[chosen]:
             count += 1
-    return first, count
+        return order[chosen], count
+    for n in range(chosen + 1, row.shape[0]):  # ties follow `chosen` in the row
+        if row[n] == row[chosen] and _is_candidate(codes, a, n, has_negative):
+            count += 1
+    return chosen, count
 
 
 @njit(cache=CACHE)
@@ -223,7 +236,7 @@ def _anchor_losses(codes, G, G_bits, sq, metric, margin, sort_min_positives, wan
     members, start = _class_members(codes)
     out = np.zeros(B)
     for a in prange(B):
-        positives, order, values, d_an, semihard = _mine_anchor(
+        positives, order, values, d_an, semihard, chosen = _mine_anchor(
             G, G_bits, sq, codes, a, metric, members, start, sort_min_positives
         )
         row = G[a]
@@ -237,11 +250,10 @@ def _anchor_losses(codes, G, G_bits, sq, metric, margin, sort_min_positives, wan
             if want_grad and l >= 0:  # on the hinge TF's maximum still passes gradient
                 grad_row[p] += inv_pairs * _distance_derivative(row[p], metric)
                 # negatives tied at the chosen distance share its gradient equally
-                first, count = _first_tie(row, codes, a, has_negative, order, values, d_an[k])
+                first, count = _ties(row, codes, a, has_negative, order, values, chosen[k])
                 share = inv_pairs * _distance_derivative(d_an[k], metric) / count
                 if order.shape[0] > 0:
-                    lo = np.searchsorted(values, d_an[k], side="left")
-                    for i in range(lo, lo + count):
+                    for i in range(chosen[k], chosen[k] + count):
                         grad_row[order[i]] -= share
                 else:
                     for n in range(first, B):
@@ -263,7 +275,7 @@ def _mine_pairs(codes, G, G_bits, sq, metric, margin, sort_min_positives, out_an
     for a in range(B):
         offset[a + 1] = offset[a] + start[codes[a] + 1] - start[codes[a]] - 1
     for a in prange(B):
-        positives, order, values, d_an, semihard = _mine_anchor(
+        positives, order, values, d_an, semihard, chosen = _mine_anchor(
             G, G_bits, sq, codes, a, metric, members, start, sort_min_positives
         )
         row = G[a]
@@ -275,26 +287,9 @@ def _mine_pairs(codes, G, G_bits, sq, metric, margin, sort_min_positives, out_an
             out_positive[pair] = p
             out_negative[pair] = -1
             if has_negative:
-                out_negative[pair] = _first_tie(row, codes, a, True, order, values, d_an[k])[0]
+                out_negative[pair] = order[chosen[k]] if order.shape[0] > 0 else chosen[k]
             out_semihard[pair] = semihard[k]
             out_loss[pair] = l if l > 0 else 0
-
-
-@njit(parallel=True, cache=CACHE)
-def _symmetrize(W):
-    """W += W.T in place, by 64 x 64 tiles: each tile pair belongs to one thread."""
-    B = W.shape[0]
-    tile = 64
-    n_tiles = (B + tile - 1) // tile
-    for ti in prange(n_tiles):
-        for tj in range(ti, n_tiles):
-            for i in range(ti * tile, min(B, ti * tile + tile)):
-                for j in range(max(i + 1, tj * tile), min(B, tj * tile + tile)):
-                    s = W[i, j] + W[j, i]
-                    W[i, j] = s
-                    W[j, i] = s
-        for i in range(ti * tile, min(B, ti * tile + tile)):
-            W[i, i] += W[i, i]
 
 
 @njit(parallel=True, cache=CACHE)
@@ -335,6 +330,18 @@ def _gram(batch):
     return x @ x.T, squared_norms(x), metric, x
 
 
+@contextmanager
+def _threads_for(batch_size):
+    """Run the kernels inside on one thread for small batches (results do not depend on it)."""
+    saved = numba.get_num_threads()
+    if batch_size < SERIAL_MAX_BATCH:
+        numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(saved)
+
+
 def _bits(G):
     """G's memory viewed as unsigned integers of the same width, for the radix sort."""
     return G.view(np.uint32 if G.dtype == np.float32 else np.uint64)
@@ -348,8 +355,9 @@ def _pair_count(codes):
 def loss(batch, sort_min_positives=SORT_MIN_POSITIVES):
     G, sq, metric, y = _gram(batch)
     margin = batch.x.dtype.type(batch.margin)
-    per_anchor = _anchor_losses(batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives,
-                                False, 0.0)
+    with _threads_for(batch.size):
+        per_anchor = _anchor_losses(batch.codes, G, _bits(G), sq, metric, margin,
+                                    sort_min_positives, False, 0.0)
     n_pairs = _pair_count(batch.codes)
     return per_anchor.sum() / n_pairs if n_pairs else 0.0  # TFA: 0 / 0 = NaN
 
@@ -361,17 +369,18 @@ def loss_and_grad(batch, sort_min_positives=SORT_MIN_POSITIVES,
     n_pairs = _pair_count(batch.codes)
     if n_pairs == 0:
         return 0.0, np.zeros_like(batch.x)
-    per_anchor = _anchor_losses(batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives,
-                                True, 1.0 / n_pairs)
+    with _threads_for(batch.size):
+        per_anchor = _anchor_losses(batch.codes, G, _bits(G), sq, metric, margin,
+                                    sort_min_positives, True, 1.0 / n_pairs)
     loss = per_anchor.sum() / n_pairs
     # G now holds dL/dP, with at most 2 (n_pairs / B) nonzeros per row plus ties. Small classes
     # leave it sparse: walk its nonzeros. Large classes fill it: one BLAS product is cheaper.
     B = batch.size
     if 2 * n_pairs * sparse_backward_max_density < B * B:
-        h = _sparse_backward(G, y, 0.0 if metric == ANGULAR else 1.0)
+        with _threads_for(B):
+            h = _sparse_backward(G, y, 0.0 if metric == ANGULAR else 1.0)
         return loss, normalize_backward(batch.x, -h) if metric == ANGULAR else 2 * h
-    _symmetrize(G)
-    return loss, symmetric_pre_distance_backward(batch.x, G, batch.metric)
+    return loss, pre_distance_backward(batch.x, G, batch.metric)
 
 
 def mine(batch, sort_min_positives=SORT_MIN_POSITIVES):
@@ -385,6 +394,7 @@ def mine(batch, sort_min_positives=SORT_MIN_POSITIVES):
         loss=np.empty(n_pairs, dtype=batch.x.dtype),
     )
     margin = batch.x.dtype.type(batch.margin)
-    _mine_pairs(batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives, result.anchor,
-                result.positive, result.negative, result.semihard, result.loss)
+    with _threads_for(batch.size):
+        _mine_pairs(batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives,
+                    result.anchor, result.positive, result.negative, result.semihard, result.loss)
     return result

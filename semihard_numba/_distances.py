@@ -56,17 +56,12 @@ def distance_to_pre_distance_factor(D, metric):
 
 def pre_distance_backward(x, dP, metric):
     """dL/dx from dL/dP, where P is the squared-distance matrix ("L2", "squared-L2") or the cosine
-    matrix ("angular"). dP is consumed (overwritten)."""
-    dP += dP.T  # P is symmetric in (i, j): both entries depend on x_i and x_j
-    return symmetric_pre_distance_backward(x, dP, metric)
-
-
-def symmetric_pre_distance_backward(x, S, metric):
-    """dL/dx from S = dL/dP + (dL/dP)^T."""
+    matrix ("angular"). P_ij depends on row i and row j, hence the products with dP and dP^T."""
     if metric == "angular":
-        return normalize_backward(x, S @ l2_normalize(x))  # d(n_i.n_j)/dn_i = n_j
-    # d2_ij = |x_i|^2 + |x_j|^2 - 2 x_i.x_j  =>  dL/dx_i = 2 (sum_j S_ij) x_i - 2 (S x)_i
-    return 2 * (S.sum(axis=1)[:, None] * x - S @ x)
+        n = l2_normalize(x)
+        return normalize_backward(x, dP @ n + dP.T @ n)  # d(n_i.n_j)/dn_i = n_j
+    # d2_ij = |x_i|^2 + |x_j|^2 - 2 x_i.x_j  =>  dL/dx_i = 2 (sum_j S_ij) x_i - 2 (S x)_i, S = dP + dP^T
+    return 2 * ((dP.sum(axis=1) + dP.sum(axis=0))[:, None] * x - (dP @ x + dP.T @ x))
 
 
 def normalize_backward(x, grad_n):
@@ -80,6 +75,6 @@ def normalize_backward(x, grad_n):
 
 
 def distance_backward(x, D, dD, metric):
-    """dL/dx from dL/dD (dD is consumed)."""
+    """dL/dx from dL/dD (dD is overwritten)."""
     dD *= distance_to_pre_distance_factor(D, metric)
     return pre_distance_backward(x, dD, metric)

@@ -7,6 +7,7 @@ from ._mining import MiningResult
 __version__ = "0.1.0"
 __all__ = [
     "MiningResult",
+    "backends",
     "mine_semihard",
     "triplet_semihard_loss",
     "triplet_semihard_loss_and_grad",

@@ -5,8 +5,7 @@ import time
 
 import numpy as np
 
-from . import mine_semihard, triplet_semihard_loss
-from ._dispatch import BACKEND_NAMES
+from . import backends, mine_semihard, triplet_semihard_loss
 
 
 def example_batch(batch_size=128, per_class=4, dim=32, seed=0):
@@ -16,15 +15,6 @@ def example_batch(batch_size=128, per_class=4, dim=32, seed=0):
     x = rng.standard_normal((batch_size // per_class, dim))[labels]
     x += 0.8 * rng.standard_normal((len(labels), dim))
     return labels, (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def usable_backends():
-    """The named backends this machine can run, each with the reason when it cannot."""
-    try:
-        from . import backends
-    except ImportError:  # no dispatcher report: the host backends are always usable
-        return {name: (True, "") for name in BACKEND_NAMES if name != "auto"}
-    return backends()
 
 
 def main(argv=None):
@@ -43,7 +33,7 @@ def main(argv=None):
     print(f"{len(mined)} positive pairs, {mined.semihard.mean():.0%} with a semi-hard negative\n")
     print(f"{'backend':<8} {'loss':>12} {'first call':>12} {'next call':>12}")
     losses = {}
-    for name, (usable, reason) in usable_backends().items():
+    for name, (usable, reason) in backends().items():
         if not usable:
             print(f"{name:<8} {'-':>12}   not usable here: {reason}")
             continue

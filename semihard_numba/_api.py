@@ -8,18 +8,23 @@ _COMMON_PARAMETERS = """
     Parameters
     ----------
     labels : array_like, shape (B,) or (B, 1)
-        Integer or float class ids, compared for equality.
-    embeddings : array_like, shape (B, D)
+        Integer or float class ids, compared for equality. May live on the host or on a GPU.
+    embeddings : array_like or GPU array, shape (B, D)
         float32 and float64 are computed in their own precision; float16 is computed in float32
-        (as TFA does); integers are promoted to float64.
+        (as TFA does); integers are promoted to float64. An object exposing
+        ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensor after ``.detach()``, Numba device
+        array) stays on the GPU with backend "cuda" or "auto"; the host backends copy it.
     margin : float, default 1.0
         The margin of the hinge max(margin + D[a, p] - D[a, n], 0).
     distance_metric : {"L2", "squared-L2", "angular"} or callable, default "L2"
         As TFA: Euclidean distance, its square, or 1 - cosine similarity. A callable takes the
-        (B, D) embeddings and returns the (B, B) distance matrix.
-    backend : {"auto", "cpu", "numpy", "python"}, default "auto"
-        "cpu" is the compiled Numba kernel, "numpy" the vectorized port of TFA's tensor algebra
-        (O(B^3) memory), "python" the readable loop of the post. All give the same numbers.
+        (B, D) embeddings and returns the (B, B) distance matrix; on "cuda" it receives a Numba
+        device array and returns a (B, B) device array (a NumPy array is copied over).
+    backend : {"auto", "cpu", "cuda", "numpy", "python"}, default "auto"
+        "cpu" is the compiled Numba kernel, "cuda" its numba.cuda twin, "numpy" the vectorized
+        port of TFA's tensor algebra (O(B^3) memory), "python" the readable loop of the post. All
+        give the same numbers. "auto" takes "cuda" for GPU arrays and for host batches of at least
+        SEMIHARD_NUMBA_CUDA_MIN_BATCH rows when a GPU is usable, else "cpu".
     check_finite : bool, default True
         Raise ValueError on NaN or infinite embeddings; False skips the check.
 """
@@ -75,7 +80,8 @@ def triplet_semihard_loss_and_grad(labels, embeddings, margin=1.0, distance_metr
     {parameters}
     Returns
     -------
-    (loss, grad) : numpy scalar and array of the embeddings' shape, both in the output dtype.
+    (loss, grad) : numpy scalar, and an array of the embeddings' shape in the output dtype (a
+        Numba device array for GPU input on "cuda").
     """
     if callable(distance_metric):
         raise TypeError(
@@ -99,7 +105,8 @@ def mine_semihard(labels, embeddings, margin=1.0, distance_metric="L2", backend=
     -------
     MiningResult
         Arrays anchor, positive, negative, semihard, loss with one entry per ordered positive
-        pair, ordered by anchor then positive. The mean of `loss` is `triplet_semihard_loss`.
+        pair, ordered by anchor then positive (Numba device arrays for GPU input on "cuda").
+        The mean of `loss` is `triplet_semihard_loss`.
     """
     implementation, batch = resolve(labels, embeddings, margin, distance_metric, backend, check_finite)
     return implementation.mine(batch)

@@ -12,7 +12,6 @@ falls back to ru_maxrss minus the resident size before the first call.
 
 import json
 import os
-import statistics
 import sys
 import time
 

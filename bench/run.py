@@ -37,9 +37,6 @@ ALL = ("floor", *LIBRARY, *PEERS)
 PEER_MODULES = {"tfa": ("tensorflow", "tensorflow_addons"),
                 "sentence-transformers": ("torch", "sentence_transformers"),
                 "pml": ("torch", "pytorch_metric_learning")}
-PEER_DISTS = {"tfa": ("tensorflow-cpu", "tensorflow", "tensorflow-addons"),
-              "sentence-transformers": ("torch", "sentence-transformers"),
-              "pml": ("torch", "pytorch-metric-learning")}
 NOTES = {
     "pml": "different definition: all semi-hard triplets, mean over non-zero losses",
     "floor": "x @ x.T, the floor",
@@ -54,15 +51,11 @@ QUICK_SIZES = (32, 64, 128)
 def static_memory_estimate(impl, b, itemsize=4):
     """Bytes an implementation needs at batch size b where a formula is known, else None."""
     if impl == "numpy":
-        try:
-            from semihard_numba._numpy import memory_estimate
-        except ImportError:  # pragma: no cover
-            return 11 * b**3
+        from semihard_numba._numpy import memory_estimate
+
         return memory_estimate(b, itemsize)
     if impl == "tfa":
         return 18 * b**3  # measured: bench/README.md
-    if impl in ("python", "cpu", "cuda", "floor", "sentence-transformers", "pml"):
-        return None
     return None
 
 
@@ -127,15 +120,8 @@ def availability():
 
     for name in ("python", "numpy", "cpu"):
         out[name] = (True, "semihard_numba")
-    backends = getattr(semihard_numba, "backends", None)
-    if backends is None:
-        out["cuda"] = (False, "this semihard_numba has no backends(): no cuda backend yet")
-    else:
-        try:
-            usable, reason = backends().get("cuda", (False, "no cuda backend"))
-        except Exception as error:
-            usable, reason = False, f"backends() failed: {type(error).__name__}: {error}"
-        out["cuda"] = (bool(usable), reason)
+    usable, reason = semihard_numba.backends()["cuda"]
+    out["cuda"] = (bool(usable), reason)
     for peer, modules in PEER_MODULES.items():
         missing = [m for m in modules if importlib.util.find_spec(m) is None]
         out[peer] = (not missing, "installed" if not missing else "not installed: " + ", ".join(missing)

@@ -30,7 +30,8 @@ def main(argv=None):
     mined = mine_semihard(labels, x, args.margin, args.metric, backend="cpu")
     print(f"batch: B = {len(labels)}, D = {args.dim}, {len(np.unique(labels))} classes, "
           f"metric {args.metric}, margin {args.margin}")
-    print(f"{len(mined)} positive pairs, {mined.semihard.mean():.0%} with a semi-hard negative\n")
+    found = f", {mined.semihard.mean():.0%} with a semi-hard negative" if len(mined) else ""
+    print(f"{len(mined)} positive pairs{found}\n")
     print(f"{'backend':<8} {'loss':>12} {'first call':>12} {'next call':>12}")
     losses = {}
     for name, (usable, reason) in backends().items():

@@ -8,27 +8,20 @@ result does not depend on the number of threads.
 
 An anchor with many positives sorts its negatives' distances once and finds each positive's
 semi-hard negative by binary search (O(N log N) instead of O(P N)); the answer is the same.
-
-Environment: SEMIHARD_NUMBA_CACHE=0 turns off Numba's on-disk cache of the compiled kernels.
 """
 
-import os
 from contextlib import contextmanager
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from ._distances import (
-    l2_normalize,
-    normalize_backward,
-    pre_distance_backward,
-    squared_norms,
-)
+from ._cache import CACHE
+from ._distances import l2_normalize, normalize_backward, pre_distance_backward, squared_norms
 from ._inputs import check_distance_matrix
 from ._mining import MiningResult
+from ._radix_sort import radix_argsort
 
-CACHE = os.environ.get("SEMIHARD_NUMBA_CACHE", "1") != "0"
 
 # An anchor with at least this many positives searches sorted negatives instead of scanning them.
 SORT_MIN_POSITIVES = 16
@@ -48,59 +41,21 @@ METRIC_CODES = {"L2": L2, "squared-L2": SQUARED_L2, "angular": ANGULAR}
 def _to_distance_row(row, sq, a, metric):
     """Turn row a of the Gram matrix into row a of TFA's distance matrix, in the row's dtype
     (the NumPy twin is `pairwise_distances`; no float64 literal enters the arithmetic)."""
+    one = row.dtype.type(1)
+    zero = row.dtype.type(0)
     if metric == ANGULAR:  # row holds n_a . n_j of the normalised embeddings
         for j in range(row.shape[0]):
-            d = 1 - row[j]  # exact in float64, so rounding to float32 on store equals float32 math
-            row[j] = d if d > 0 else 0
+            d = one - row[j]
+            row[j] = d if d > 0 else zero
     elif metric == L2 or metric == SQUARED_L2:
         for j in range(row.shape[0]):
             d2 = (sq[a] + sq[j]) - (row[j] + row[j])
             if d2 <= 0 or j == a:
-                row[j] = 0
+                row[j] = zero
             elif metric == L2:
                 row[j] = np.sqrt(d2)
             else:
                 row[j] = d2
-
-
-@njit(cache=CACHE)
-def _sort_key(bits, sign):
-    """An unsigned integer with the same order as the float whose bit pattern is `bits` (IEEE 754:
-    set the sign bit of non-negatives, flip every bit of negatives; -0.0 counts as +0.0)."""
-    b = np.uint64(bits)
-    if b == sign:
-        b = np.uint64(0)
-    return (b ^ (sign | (sign - np.uint64(1)))) if b & sign else (b | sign)
-
-
-@njit(cache=CACHE)
-def _radix_argsort(bits, index):
-    """`index` reordered so that the floats with bit patterns bits[index] increase: a stable LSD
-    radix sort on 11-bit digits, several times faster than a comparison sort here."""
-    n = index.shape[0]
-    width = bits.itemsize * 8
-    sign = np.uint64(1) << np.uint64(width - 1)
-    keys = np.empty(n, dtype=np.uint64)
-    for i in range(n):
-        keys[i] = _sort_key(bits[index[i]], sign)
-    keys_out = np.empty_like(keys)
-    index_out = np.empty_like(index)
-    count = np.empty(2049, dtype=np.int64)
-    for shift in range(0, width, 11):
-        digit_shift = np.uint64(shift)
-        count[:] = 0
-        for i in range(n):
-            count[((keys[i] >> digit_shift) & np.uint64(2047)) + 1] += 1
-        for d in range(2048):
-            count[d + 1] += count[d]
-        for i in range(n):
-            d = (keys[i] >> digit_shift) & np.uint64(2047)
-            keys_out[count[d]] = keys[i]
-            index_out[count[d]] = index[i]
-            count[d] += 1
-        keys, keys_out = keys_out, keys
-        index, index_out = index_out, index
-    return index
 
 
 @njit(cache=CACHE)
@@ -112,7 +67,7 @@ def _sorted_negatives(row, bits, codes, a, n_negatives):
         if codes[n] != codes[a]:
             order[j] = n
             j += 1
-    order = _radix_argsort(bits, order)
+    order = radix_argsort(bits, order)
     return order, row[order]
 
 
@@ -236,7 +191,7 @@ def _anchor_losses(codes, G, G_bits, sq, metric, margin, sort_min_positives, wan
     members, start = _class_members(codes)
     out = np.zeros(B)
     for a in prange(B):
-        positives, order, values, d_an, semihard, chosen = _mine_anchor(
+        positives, order, values, d_an, _, chosen = _mine_anchor(
             G, G_bits, sq, codes, a, metric, members, start, sort_min_positives
         )
         row = G[a]
@@ -353,7 +308,7 @@ def _pair_count(codes):
 
 
 def loss(batch, sort_min_positives=SORT_MIN_POSITIVES):
-    G, sq, metric, y = _gram(batch)
+    G, sq, metric, _ = _gram(batch)
     margin = batch.x.dtype.type(batch.margin)
     with _threads_for(batch.size):
         per_anchor = _anchor_losses(batch.codes, G, _bits(G), sq, metric, margin,
@@ -384,7 +339,7 @@ def loss_and_grad(batch, sort_min_positives=SORT_MIN_POSITIVES,
 
 
 def mine(batch, sort_min_positives=SORT_MIN_POSITIVES):
-    G, sq, metric, y = _gram(batch)
+    G, sq, metric, _ = _gram(batch)
     n_pairs = _pair_count(batch.codes)
     result = MiningResult(
         anchor=np.empty(n_pairs, dtype=np.int64),

@@ -21,8 +21,9 @@ The pipeline, all on the device:
    bit-identical results.
 4. Gradient: the mining kernel stores each pair's negative distance and tie count, then the block
    walks the anchor's row once more and overwrites the distance row with dL/dP (P the squared
-   distance, or the cosine for "angular"); a symmetrize kernel, a tiled S @ x product and a small
-   row kernel apply the chain rule of `_distances.pre_distance_backward`.
+   distance, or the cosine for "angular"); a symmetrize kernel (S = dL/dP + dL/dP^T), a tiled
+   S @ x product and a small row kernel finish the chain rule, the same algebra as
+   `_distances.pre_distance_backward`.
 
 Tunables (`TILE`, `REG`, `THREADS`, `MAX_BLOCKS`) are read by the host code at each call and handed
 to the kernel factories and launches; kernels never read module globals that may change. The test
@@ -44,11 +45,13 @@ from ._dispatch import INSTALL_HINT, is_device_array
 from ._distances import L2_NORMALIZE_EPSILON
 from ._inputs import (
     Batch,
+    check_distance_matrix,
     check_embedding_shape,
     check_margin,
     check_metric,
     compute_dtype,
     label_codes,
+    nonfinite_rows_error,
     output_dtype,
 )
 from ._mining import MiningResult
@@ -320,7 +323,7 @@ def _mining_kernel(dtype, threads, want_mine, want_grad):
 
     Writes anchor_loss[a] (float64, the sum of a's triplet losses); with want_mine the per-pair
     outputs at offset[a] + k; with want_grad overwrites row a of D with dL/dP[a, :] up to the
-    factor 1 / (number of pairs), as `_cpu._mine` does.
+    factor 1 / (number of pairs), with the same rule as `_cpu._anchor_losses`.
     """
     nbtype = _nb(dtype)
     T = threads
@@ -546,13 +549,6 @@ def _check_finite_device(x):
     return np.flatnonzero(bad.copy_to_host())
 
 
-def _nonfinite_error(rows, what):
-    return ValueError(
-        f"{what} contain NaN or infinite values in rows {rows[:10].tolist()}"
-        f"{' ...' if rows.size > 10 else ''}; pass check_finite=False to skip this check"
-    )
-
-
 def host_labels(labels):
     """Labels as a host array: device labels (B values) are copied to the host."""
     return to_host(labels) if is_device_array(labels) else labels
@@ -572,7 +568,7 @@ def device_batch(labels, embeddings, margin, distance_metric, check_finite=True)
     if check_finite and dtype.kind == "f":
         rows = _check_finite_device(x)
         if rows.size:
-            raise _nonfinite_error(rows, "embeddings")
+            raise nonfinite_rows_error(rows)
     return Batch(codes, x, output_dtype(raw.dtype), check_margin(margin), check_metric(distance_metric))
 
 
@@ -588,8 +584,8 @@ def _callable_distances(metric, x):
     """Run a callable metric on the device array x; validate and copy what it returns."""
     D = metric(x)
     B = x.shape[0]
-    if isinstance(D, np.ndarray):  # tolerated: copied to the device
-        D = cuda.to_device(np.ascontiguousarray(D))
+    if isinstance(D, np.ndarray):  # tolerated: validated, then copied to the device
+        D = cuda.to_device(check_distance_matrix(D, B, np.dtype(x.dtype)))
     elif is_device_array(D):
         D = as_device(D)
     else:
@@ -620,8 +616,9 @@ def _distances(batch, x):
     if metric == ANGULAR:
         normalized = cuda.device_array(x.shape, dtype=dtype)
         inv_norm = cuda.device_array(B, dtype=dtype)
-    else:
-        normalized = inv_norm = cuda.device_array((1, 1), dtype=dtype)  # unused placeholders
+    else:  # unused placeholders of the same dimensions, so row_norms compiles once per dtype
+        normalized = cuda.device_array((1, 1), dtype=dtype)
+        inv_norm = cuda.device_array(1, dtype=dtype)
     row_norms = _elementwise_kernels(dtype.str)[0]
     grid, block = _grid_1d(B)
     row_norms[grid, block](x, metric, sq, normalized, inv_norm)

@@ -43,7 +43,13 @@ def is_device_array(obj):
     Needs no numba.cuda import."""
     if type(obj).__module__.startswith("numba.cuda.simulator"):
         return True
-    return hasattr(obj, "__cuda_array_interface__")
+    try:
+        return hasattr(obj, "__cuda_array_interface__")
+    except RuntimeError as error:  # PyTorch raises here for CUDA tensors that require grad
+        raise TypeError(
+            f"cannot use this {type(obj).__name__} through __cuda_array_interface__ ({error}); "
+            "PyTorch tensors that require grad must be detached first (tensor.detach())"
+        ) from error
 
 
 def cuda_status():

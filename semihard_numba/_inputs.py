@@ -20,7 +20,8 @@ class Batch:
     """A validated batch: what the backends receive."""
 
     codes: np.ndarray  # (B,) int64: equal codes <=> equal labels
-    x: np.ndarray  # (B, D) float32 or float64, C-contiguous; the precision of the computation
+    x: np.ndarray  # (B, D) float32 or float64, C-contiguous (NumPy, or a Numba device array for
+    #               device input on "cuda"); its dtype is the precision of the computation
     out_dtype: np.dtype  # dtype of the returned loss and gradient (float16 input -> float16)
     margin: float
     metric: Union[str, Callable]
@@ -101,14 +102,18 @@ def check_metric(distance_metric):
     )
 
 
+def nonfinite_rows_error(rows):
+    """The ValueError for embeddings with NaN or infinite values in `rows` (sorted indices)."""
+    return ValueError(
+        f"embeddings contain NaN or infinite values in rows {rows[:10].tolist()}"
+        f"{' ...' if rows.size > 10 else ''}; pass check_finite=False to skip this check"
+    )
+
+
 def check_finite_embeddings(x):
     bad = ~np.isfinite(x)
     if bad.any():
-        rows = np.unique(np.nonzero(bad)[0])
-        raise ValueError(
-            f"embeddings contain NaN or infinite values in rows {rows[:10].tolist()}"
-            f"{' ...' if rows.size > 10 else ''}; pass check_finite=False to skip this check"
-        )
+        raise nonfinite_rows_error(np.unique(np.nonzero(bad)[0]))
 
 
 def host_batch(labels, embeddings, margin, distance_metric, check_finite=True):

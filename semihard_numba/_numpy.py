@@ -25,7 +25,11 @@ def memory_estimate(batch_size, itemsize):
 
 
 def _check_memory(batch_size, itemsize):
-    limit = int(os.environ.get(MAX_BYTES_ENV, DEFAULT_MAX_BYTES))
+    raw = os.environ.get(MAX_BYTES_ENV, "").strip()
+    try:
+        limit = int(raw) if raw else DEFAULT_MAX_BYTES
+    except ValueError:
+        raise ValueError(f"{MAX_BYTES_ENV} must be a number of bytes, got {raw!r}") from None
     need = memory_estimate(batch_size, itemsize)
     if need > limit:
         raise MemoryError(

@@ -1,10 +1,15 @@
 """Properties specific to the compiled "cpu" backend."""
 
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
 
 import semihard_numba as sn
+from semihard_numba import _cpu
 
 
 def clustered(B, per_class, D=16, seed=0, dtype=np.float32):
@@ -16,7 +21,8 @@ def clustered(B, per_class, D=16, seed=0, dtype=np.float32):
 
 @pytest.mark.parametrize("per_class", [4, 64])  # linear/sorted search, sparse/dense backward
 @pytest.mark.parametrize("metric", ["L2", "squared-L2", "angular"])
-def test_bit_identical_whatever_the_thread_count(per_class, metric):
+def test_bit_identical_whatever_the_thread_count(per_class, metric, monkeypatch):
+    monkeypatch.setattr(_cpu, "SERIAL_MAX_BATCH", 0)  # small batches would run on one thread
     labels, x = clustered(512, per_class)
     saved = numba.get_num_threads()
     try:
@@ -38,3 +44,25 @@ def test_large_batches_agree_with_the_vectorized_port(per_class):
         vectorized = sn.triplet_semihard_loss(labels, x, 1.0, metric, backend="numpy")
         assert cpu == pytest.approx(vectorized, rel=1e-6)
 
+
+
+CACHED_RUN = """
+import numpy as np, semihard_numba as sn
+labels = np.repeat(np.arange(16), 4)
+x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+loss, grad = sn.triplet_semihard_loss_and_grad(labels, x)
+print(repr(float(loss)), repr(float(np.abs(grad).sum())))
+"""
+
+
+def test_on_disk_cache_serves_processes_with_another_thread_count(tmp_path):
+    """The parallel kernels are cached: compile with 2 threads, then load with 1 and with 2."""
+    outputs = []
+    for threads in ("2", "1", "2"):
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_NUM_THREADS=threads,
+                   SEMIHARD_NUMBA_CACHE="1")
+        run = subprocess.run([sys.executable, "-c", CACHED_RUN], env=env, capture_output=True,
+                             text=True, check=True)
+        outputs.append(run.stdout)
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert list(tmp_path.rglob("*.nbi")), "nothing was cached"

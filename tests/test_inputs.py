@@ -151,3 +151,6 @@ def test_numpy_backend_refuses_batches_beyond_its_memory_limit(monkeypatch):
     with pytest.raises(MemoryError, match=r"B = 100 .* backend=\"cpu\""):
         loss(labels=np.arange(100) % 7, x=np.zeros((100, 2)), backend="numpy")
     loss(backend="numpy")  # B = 6 is far below the limit
+    monkeypatch.setenv("SEMIHARD_NUMBA_NUMPY_MAX_BYTES", "2GiB")
+    with pytest.raises(ValueError, match="SEMIHARD_NUMBA_NUMPY_MAX_BYTES must be a number"):
+        loss(backend="numpy")

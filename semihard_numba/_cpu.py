@@ -20,11 +20,13 @@ from ._cache import CACHE
 from ._distances import l2_normalize, normalize_backward, pre_distance_backward, squared_norms
 from ._inputs import check_distance_matrix
 from ._mining import MiningResult
-from ._radix_sort import radix_argsort
+from ._radix_sort import radix_argsort, sort_key
 
 
 # An anchor with at least this many positives searches sorted negatives instead of scanning them.
 SORT_MIN_POSITIVES = 16
+
+NONE = np.uint64(0xFFFFFFFFFFFFFFFF)  # larger than the sort key of any float
 
 # Smaller batches run on one thread: right after NumPy's BLAS product its threads still spin, and
 # waking Numba's threads beside them cost ~8 ms here, far more than the kernel itself below this.
@@ -72,11 +74,12 @@ def _sorted_negatives(row, bits, codes, a, n_negatives):
 
 
 @njit(cache=CACHE)
-def _negative_distances(row, codes, a, positives, negatives_sorted, d_an, semihard, chosen):
+def _negative_distances(row, bits, codes, a, positives, negatives_sorted, d_an, semihard, chosen):
     """The post's loop for one anchor: for each positive positives[k] the distance to TFA's
     negative, written to d_an[k], whether it was semi-hard, to semihard[k], and where it is, to
     chosen[k]: its index in the row, or with `negatives_sorted` (a's negative distances in
-    increasing order; empty for a linear scan) its position there. Ties: the first one."""
+    increasing order; empty for a linear scan) its position there. Ties: the first one.
+    `bits` is the row's memory viewed as unsigned integers."""
     B = row.shape[0]
     n_negatives = B - positives.shape[0] - 1
     if n_negatives == 0:  # no negative at all: TFA's masked maximum is the row's minimum
@@ -95,22 +98,27 @@ def _negative_distances(row, codes, a, positives, negatives_sorted, d_an, semiha
             chosen[k] = i if i < n_negatives else far
             d_an[k] = negatives_sorted[chosen[k]]
         return
-    n_far = -1  # the easiest negative, used if no semi-hard negative is found
+    # Distances compared as order-preserving unsigned integers (`sort_key`): integer minima
+    # vectorize, float minima do not without fast-math. NONE marks "not a negative".
+    sign = np.uint64(1) << np.uint64(bits.itemsize * 8 - 1)
+    keys = np.empty(B, dtype=np.uint64)
+    far = np.uint64(0)  # the easiest negative, used if no semi-hard negative is found
     for n in range(B):
-        if codes[n] != codes[a] and (n_far == -1 or row[n] > row[n_far]):
-            n_far = n
+        keys[n] = NONE if codes[n] == codes[a] else sort_key(bits[n], sign)
+        if keys[n] != NONE:
+            far = max(far, keys[n])
     for k, p in enumerate(positives):  # try all positives for the anchor
-        n0 = -1
-        for n in range(B):  # find suiting negative
-            if codes[n] == codes[a]:
-                continue
-            if row[n] <= row[p]:
-                continue  # semi-hard: strictly farther than the positive (TFA ignores the margin)
-            if n0 == -1 or row[n] < row[n0]:
-                n0 = n  # hardest semi-hard negative
-        semihard[k] = n0 != -1
-        chosen[k] = n0 if n0 != -1 else n_far
-        d_an[k] = row[chosen[k]]
+        positive = sort_key(bits[p], sign)
+        nearest = NONE
+        for n in range(B):  # find suiting negative: the hardest one strictly farther than p
+            nearest = min(nearest, keys[n] if keys[n] > positive else NONE)  # TFA ignores the margin
+        semihard[k] = nearest != NONE
+        target = nearest if nearest != NONE else far
+        n0 = 0
+        while keys[n0] != target:  # the first negative at that distance
+            n0 += 1
+        chosen[k] = n0
+        d_an[k] = row[n0]
 
 
 @njit(cache=CACHE)
@@ -146,7 +154,7 @@ def _mine_anchor(G, G_bits, sq, codes, a, metric, members, start, sort_min_posit
     d_an = np.empty(positives.shape[0], dtype=row.dtype)
     semihard = np.empty(positives.shape[0], dtype=np.bool_)
     chosen = np.empty(positives.shape[0], dtype=np.int64)
-    _negative_distances(row, codes, a, positives, values, d_an, semihard, chosen)
+    _negative_distances(row, G_bits[a], codes, a, positives, values, d_an, semihard, chosen)
     return positives, order, values, d_an, semihard, chosen
 
 

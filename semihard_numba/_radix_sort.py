@@ -11,7 +11,7 @@ from ._cache import CACHE
 
 
 @njit(cache=CACHE)
-def _sort_key(bits, sign):
+def sort_key(bits, sign):
     """An unsigned integer with the same order as the float whose bit pattern is `bits` (IEEE 754:
     set the sign bit of non-negatives, flip every bit of negatives; -0.0 counts as +0.0)."""
     b = np.uint64(bits)
@@ -29,7 +29,7 @@ def radix_argsort(bits, index):
     sign = np.uint64(1) << np.uint64(width - 1)
     keys = np.empty(n, dtype=np.uint64)
     for i in range(n):
-        keys[i] = _sort_key(bits[index[i]], sign)
+        keys[i] = sort_key(bits[index[i]], sign)
     keys_out = np.empty_like(keys)
     index_out = np.empty_like(index)
     count = np.empty(2049, dtype=np.int64)

@@ -134,3 +134,18 @@ class TestEdgeCases:
         assert sn.triplet_semihard_loss(labels, x, 1.0, metric, backend=backend) == pytest.approx(
             sn.triplet_semihard_loss(labels, x, 1.0, metric, backend="python"), rel=1e-12
         )
+
+
+@given(batches())
+def test_a_callable_metric_with_negative_values_agrees_too(batch):
+    labels, x, _, margin = batch
+
+    def negative_dot(y):  # any finite matrix is accepted, negative entries and ties included
+        return -(y @ y.T)
+
+    expected = sn.mine_semihard(labels, x, margin, negative_dot, backend="python")
+    for backend in ("numpy", "cpu"):
+        assert_same_mining(sn.mine_semihard(labels, x, margin, negative_dot, backend=backend),
+                           expected)
+    b = host_batch(labels, x, margin, negative_dot)
+    assert _cpu.loss(b, 10**9) == _cpu.loss(b, 0)  # linear and sorted search

@@ -211,10 +211,10 @@ def _anchor_losses(codes, G, G_bits, sq, metric, margin, sort_min_positives, wan
             if l > 0:
                 total += l
             if want_grad and l >= 0:  # on the hinge TF's maximum still passes gradient
-                grad_row[p] += inv_pairs * _distance_derivative(row[p], metric)
+                grad_row[p] += inv_pairs  # dL/dD
                 # negatives tied at the chosen distance share its gradient equally
                 first, count = _ties(row, codes, a, has_negative, order, values, chosen[k])
-                share = inv_pairs * _distance_derivative(d_an[k], metric) / count
+                share = inv_pairs / count
                 if order.shape[0] > 0:
                     for i in range(chosen[k], chosen[k] + count):
                         grad_row[order[i]] -= share
@@ -223,8 +223,9 @@ def _anchor_losses(codes, G, G_bits, sq, metric, margin, sort_min_positives, wan
                         if row[n] == d_an[k] and _is_candidate(codes, a, n, has_negative):
                             grad_row[n] -= share
         out[a] = total
-        if want_grad:
-            row[:] = grad_row
+        if want_grad:  # dL/dP = dL/dD * dD/dP, one vectorizable pass instead of a division per pair
+            for n in range(B):
+                row[n] = grad_row[n] * _distance_derivative(row[n], metric)
     return out
 
 

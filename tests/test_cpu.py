@@ -66,3 +66,18 @@ def test_on_disk_cache_serves_processes_with_another_thread_count(tmp_path):
         outputs.append(run.stdout)
     assert outputs[0] == outputs[1] == outputs[2]
     assert list(tmp_path.rglob("*.nbi")), "nothing was cached"
+
+
+@pytest.mark.parametrize("dtype, uint", [(np.float32, np.uint32), (np.float64, np.uint64)])
+def test_radix_argsort_orders_floats_like_numpy(dtype, uint):
+    from semihard_numba._radix_sort import radix_argsort
+
+    rng = np.random.default_rng(3)
+    values = np.concatenate([
+        rng.standard_normal(3000) * 10.0 ** rng.integers(-30, 30, 3000),
+        [0.0, -0.0, np.inf, -np.inf, 1.0, 1.0, 1.0],
+    ]).astype(dtype)
+    order = radix_argsort(values.view(uint), np.arange(len(values)))
+    np.testing.assert_array_equal(values[order], np.sort(values))
+    ones = np.flatnonzero(values == 1.0)
+    assert (order[np.isin(order, ones)] == ones).all()  # stable: ties keep their index order

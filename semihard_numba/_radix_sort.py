@@ -1,7 +1,7 @@
 """A stable radix argsort of floats given as their bit patterns, for Numba kernels.
 
 Numba's comparison sort took ~300 us for the 4096 distances of one anchor row; this LSD radix sort
-on 11-bit digits takes ~50 us, and being stable it keeps tied distances in index order.
+on bytes takes a small fraction of that, and being stable it keeps tied distances in index order.
 """
 
 import numpy as np
@@ -23,28 +23,32 @@ def sort_key(bits, sign):
 @njit(cache=CACHE)
 def radix_argsort(bits, index):
     """`index` reordered so that the floats with bit patterns bits[index] increase: a stable LSD
-    radix sort on 11-bit digits, several times faster than a comparison sort here."""
+    radix sort on bytes. All byte histograms come from one pass, and a byte that is the same in
+    every key costs nothing (distances of similar size share their sign and exponent bytes)."""
     n = index.shape[0]
-    width = bits.itemsize * 8
-    sign = np.uint64(1) << np.uint64(width - 1)
+    width = bits.itemsize
+    sign = np.uint64(1) << np.uint64(8 * width - 1)
     keys = np.empty(n, dtype=np.uint64)
     for i in range(n):
         keys[i] = sort_key(bits[index[i]], sign)
+    count = np.zeros((width, 257), dtype=np.int64)
+    for i in range(n):
+        key = keys[i]
+        for byte in range(width):
+            count[byte, ((key >> np.uint64(8 * byte)) & np.uint64(255)) + 1] += 1
     keys_out = np.empty_like(keys)
     index_out = np.empty_like(index)
-    count = np.empty(2049, dtype=np.int64)
-    for shift in range(0, width, 11):
-        digit_shift = np.uint64(shift)
-        count[:] = 0
+    for byte in range(width):
+        if count[byte].max() == n:  # every key has the same byte here: order unchanged
+            continue
+        for d in range(256):
+            count[byte, d + 1] += count[byte, d]
+        shift = np.uint64(8 * byte)
         for i in range(n):
-            count[((keys[i] >> digit_shift) & np.uint64(2047)) + 1] += 1
-        for d in range(2048):
-            count[d + 1] += count[d]
-        for i in range(n):
-            d = (keys[i] >> digit_shift) & np.uint64(2047)
-            keys_out[count[d]] = keys[i]
-            index_out[count[d]] = index[i]
-            count[d] += 1
+            d = (keys[i] >> shift) & np.uint64(255)
+            keys_out[count[byte, d]] = keys[i]
+            index_out[count[byte, d]] = index[i]
+            count[byte, d] += 1
         keys, keys_out = keys_out, keys
         index, index_out = index_out, index
     return index

@@ -90,9 +90,17 @@ def _functions(impl, labels, x, margin):
     loss_fn, grad_fn = peers.PEERS[PEER_NAMES[impl]]
     # Import the framework and build the loss objects now, so that the first call times the
     # framework's first run (graph tracing, kernel selection), not `import tensorflow`.
-    {"tfa": lambda: peers._import_tf(), "sentence-transformers": lambda: peers._st_loss_object(margin),
-     "pml": lambda: peers._pml_objects(margin)}[impl]()
-    return (lambda: loss_fn(labels, x, margin), lambda: grad_fn(labels, x, margin), floor, floor_kind)
+    {
+        "tfa": lambda: peers._import_tf(),
+        "sentence-transformers": lambda: peers._st_loss_object(margin),
+        "pml": lambda: peers._pml_objects(margin),
+    }[impl]()
+    return (
+        lambda: loss_fn(labels, x, margin),
+        lambda: grad_fn(labels, x, margin),
+        floor,
+        floor_kind,
+    )
 
 
 def _gpu_floor(x):
@@ -151,9 +159,14 @@ def _measure(fn, floor, peak, repeats, budget_s):
     while len(times) < repeats and sum(times) < budget_s:
         floors.append(_timed(floor)[0])
         times.append(_timed(fn)[0])
-    return {"first_s": first, "times_s": times, "floor_times_s": floors,
-            "peak_extra_bytes": peak_extra,
-            "peak_first_bytes": peak_first, "peak_warm_bytes": peak_warm}, out
+    return {
+        "first_s": first,
+        "times_s": times,
+        "floor_times_s": floors,
+        "peak_extra_bytes": peak_extra,
+        "peak_first_bytes": peak_first,
+        "peak_warm_bytes": peak_warm,
+    }, out
 
 
 def _loss_value(out):
@@ -178,7 +191,9 @@ def main(spec_path, out_path):
         if grad_fn is not None and spec["grad"]:
             result["grad"], out = _measure(grad_fn, floor, peak, spec["repeats"], spec["budget_s"])
             result["grad"]["value"] = _loss_value(out)
-            grad = np.asarray(out[1] if not hasattr(out[1], "copy_to_host") else out[1].copy_to_host())
+            grad = np.asarray(
+                out[1] if not hasattr(out[1], "copy_to_host") else out[1].copy_to_host()
+            )
         else:
             grad = None
         # Checks after the measurements, so they touch neither the times nor the peaks.
@@ -187,7 +202,8 @@ def main(spec_path, out_path):
 
             if spec["impl"] != "floor":
                 ref_loss, ref_grad = semihard_numba.triplet_semihard_loss_and_grad(
-                    labels, x, spec["margin"], backend="cpu")
+                    labels, x, spec["margin"], backend="cpu"
+                )
                 result["ref_loss"] = float(ref_loss)
                 if grad is not None:
                     scale = float(np.abs(ref_grad).max()) or 1.0

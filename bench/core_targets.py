@@ -68,7 +68,9 @@ def ratios(batch_size, per_class, rounds, seed=0):
     per_round_loss = [l / m for l, m in zip(t_loss, t_mm)]
     per_round_extra = [(g - l) / m for g, l, m in zip(t_grad, t_loss, t_mm)]
     return {
-        "B": batch_size, "per_class": per_class, "rounds": rounds,
+        "B": batch_size,
+        "per_class": per_class,
+        "rounds": rounds,
         "matmul_ms": statistics.median(t_mm) * 1e3,
         "loss_ms": statistics.median(t_loss) * 1e3,
         "loss_and_grad_ms": statistics.median(t_grad) * 1e3,
@@ -81,14 +83,17 @@ def ratios(batch_size, per_class, rounds, seed=0):
 
 # ---- child processes -------------------------------------------------------------------------
 
+
 def _child_memory(batch_size, per_class, what):
     import tracemalloc
 
     import semihard_numba
     from bench._worker import PeakMemory
 
-    fn = {"loss": semihard_numba.triplet_semihard_loss,
-          "loss_and_grad": semihard_numba.triplet_semihard_loss_and_grad}[what]
+    fn = {
+        "loss": semihard_numba.triplet_semihard_loss,
+        "loss_and_grad": semihard_numba.triplet_semihard_loss_and_grad,
+    }[what]
     small = clustered_batch(256, min(per_class, 128), 128)
     fn(*small, backend="cpu")  # load/compile the kernels first
     labels, x = clustered_batch(batch_size, per_class, 128)
@@ -100,9 +105,15 @@ def _child_memory(batch_size, per_class, what):
     fn(labels, x, backend="cpu")
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"B": batch_size, "per_class": per_class, "what": what, "peak_method": peak.method,
-            "rss_peak_extra_bytes": rss_extra, "tracemalloc_peak_bytes": traced_peak,
-            "input_bytes": x.nbytes}
+    return {
+        "B": batch_size,
+        "per_class": per_class,
+        "what": what,
+        "peak_method": peak.method,
+        "rss_peak_extra_bytes": rss_extra,
+        "tracemalloc_peak_bytes": traced_peak,
+        "input_bytes": x.nbytes,
+    }
 
 
 def _child_first_call():
@@ -113,13 +124,19 @@ def _child_first_call():
     labels, x = clustered_batch(4096, 4, 128)
     labels2, x2 = clustered_batch(4096, 2048, 128)
     out = {"import_s": t_import}
-    out["first_loss_s"] = _timed(lambda: semihard_numba.triplet_semihard_loss(labels, x, backend="cpu"))
+    out["first_loss_s"] = _timed(
+        lambda: semihard_numba.triplet_semihard_loss(labels, x, backend="cpu")
+    )
     out["first_loss_and_grad_s"] = _timed(
-        lambda: semihard_numba.triplet_semihard_loss_and_grad(labels, x, backend="cpu"))
+        lambda: semihard_numba.triplet_semihard_loss_and_grad(labels, x, backend="cpu")
+    )
     out["first_loss_2_classes_s"] = _timed(
-        lambda: semihard_numba.triplet_semihard_loss(labels2, x2, backend="cpu"))
+        lambda: semihard_numba.triplet_semihard_loss(labels2, x2, backend="cpu")
+    )
     out["first_mine_s"] = _timed(lambda: semihard_numba.mine_semihard(labels, x, backend="cpu"))
-    out["second_loss_s"] = _timed(lambda: semihard_numba.triplet_semihard_loss(labels, x, backend="cpu"))
+    out["second_loss_s"] = _timed(
+        lambda: semihard_numba.triplet_semihard_loss(labels, x, backend="cpu")
+    )
     return out
 
 
@@ -127,8 +144,14 @@ def _spawn(args, env_extra=None, timeout=900):
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.update(env_extra or {})
-    out = subprocess.run([sys.executable, "-m", "bench.core_targets", "--child", json.dumps(args)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.core_targets", "--child", json.dumps(args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"child {args} failed ({out.returncode}): {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -145,11 +168,16 @@ def _child_main(spec):
 
 # ---- report ----------------------------------------------------------------------------------
 
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bench.core_targets", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.core_targets", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--rounds", type=int, default=9, help="interleaved rounds per timing case")
     p.add_argument("--memory-b", type=int, default=16384)
-    p.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for core_targets.json/.md")
+    p.add_argument(
+        "--out", default=os.path.join(HERE, "results"), help="directory for core_targets.json/.md"
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
@@ -160,27 +188,42 @@ def main(argv=None):
     import semihard_numba
 
     load_start = os.getloadavg()
-    print(f"core targets, semihard_numba {semihard_numba.__version__}, numpy {np.__version__}, "
-          f"numba {numba.__version__} ({numba.get_num_threads()} threads); load average {load_start}",
-          flush=True)
-    res = {"versions": {"numpy": np.__version__, "numba": numba.__version__,
-                        "semihard_numba": semihard_numba.__version__},
-           "numba_threads": numba.get_num_threads(), "loadavg_start": list(load_start)}
+    print(
+        f"core targets, semihard_numba {semihard_numba.__version__}, numpy {np.__version__}, "
+        f"numba {numba.__version__} ({numba.get_num_threads()} threads); load average {load_start}",
+        flush=True,
+    )
+    res = {
+        "versions": {
+            "numpy": np.__version__,
+            "numba": numba.__version__,
+            "semihard_numba": semihard_numba.__version__,
+        },
+        "numba_threads": numba.get_num_threads(),
+        "loadavg_start": list(load_start),
+    }
     print("timing B=4096, 4 per class ...", flush=True)
     res["k4"] = ratios(4096, 4, a.rounds)
     print("timing B=4096, 2 classes of 2048 ...", flush=True)
     res["k2048"] = ratios(4096, 2048, a.rounds)
     res["memory"] = []
     for per_class, what in ((4, "loss"), (a.memory_b // 2, "loss"), (4, "loss_and_grad")):
-        print(f"memory B={a.memory_b}, {per_class} per class, {what} (fresh process) ...", flush=True)
-        res["memory"].append(_spawn({"kind": "memory", "B": a.memory_b, "per_class": per_class,
-                                     "what": what}))
+        print(
+            f"memory B={a.memory_b}, {per_class} per class, {what} (fresh process) ...", flush=True
+        )
+        res["memory"].append(
+            _spawn({"kind": "memory", "B": a.memory_b, "per_class": per_class, "what": what})
+        )
     print("first-call times (fresh processes) ...", flush=True)
     with tempfile.TemporaryDirectory() as cache:
         res["first_call"] = {
-            "cold cache (empty NUMBA_CACHE_DIR)": _spawn({"kind": "first"}, {"NUMBA_CACHE_DIR": cache}),
+            "cold cache (empty NUMBA_CACHE_DIR)": _spawn(
+                {"kind": "first"}, {"NUMBA_CACHE_DIR": cache}
+            ),
             "warm cache (second process)": _spawn({"kind": "first"}, {"NUMBA_CACHE_DIR": cache}),
-            "no cache (SEMIHARD_NUMBA_CACHE=0)": _spawn({"kind": "first"}, {"SEMIHARD_NUMBA_CACHE": "0"}),
+            "no cache (SEMIHARD_NUMBA_CACHE=0)": _spawn(
+                {"kind": "first"}, {"SEMIHARD_NUMBA_CACHE": "0"}
+            ),
         }
     res["loadavg_end"] = list(os.getloadavg())
     text = report(res)
@@ -201,7 +244,7 @@ def report(res):
 
     k4, k2 = res["k4"], res["k2048"]
     lines = [
-        f"\"cpu\" backend, float32, D=128, clustered; {res['numba_threads']} Numba threads; load "
+        f'"cpu" backend, float32, D=128, clustered; {res["numba_threads"]} Numba threads; load '
         f"average {[round(v, 2) for v in res['loadavg_start']]} at start, "
         f"{[round(v, 2) for v in res['loadavg_end']]} at end.",
         "",
@@ -224,14 +267,21 @@ def report(res):
         lines.append(
             f"| peak extra memory, {m['what']}, B={m['B']}, {m['per_class']} per class | "
             f"{gib:.2f} GiB RSS (tracemalloc sees {m['tracemalloc_peak_bytes'] / 2**30:.2f} GiB) | "
-            f"{goal} | {verdict(gib < 1.5) if goal else ''} |")
-    lines += ["", "First call in a fresh process (B=4096; seconds):", "",
-              "| cache | import | loss | loss+grad | loss, 2 classes | mine | second loss |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+            f"{goal} | {verdict(gib < 1.5) if goal else ''} |"
+        )
+    lines += [
+        "",
+        "First call in a fresh process (B=4096; seconds):",
+        "",
+        "| cache | import | loss | loss+grad | loss, 2 classes | mine | second loss |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, fc in res["first_call"].items():
-        lines.append(f"| {name} | {fc['import_s']:.2f} | {fc['first_loss_s']:.2f} | "
-                     f"{fc['first_loss_and_grad_s']:.2f} | {fc['first_loss_2_classes_s']:.2f} | "
-                     f"{fc['first_mine_s']:.2f} | {fc['second_loss_s']:.3f} |")
+        lines.append(
+            f"| {name} | {fc['import_s']:.2f} | {fc['first_loss_s']:.2f} | "
+            f"{fc['first_loss_and_grad_s']:.2f} | {fc['first_loss_2_classes_s']:.2f} | "
+            f"{fc['first_mine_s']:.2f} | {fc['second_loss_s']:.3f} |"
+        )
     return "\n".join(lines)
 
 

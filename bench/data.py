@@ -49,5 +49,8 @@ def batch_statistics(labels, embeddings, margin=1.0, chunk=1024):
         positive[np.arange(d.shape[0]), np.arange(start, start + d.shape[0])] = False
         hard += int((positive & (d > closest_negative[:, None])).sum())
         pairs += int(positive.sum())
-    return {"semihard_frac": semihard, "active_frac": active,
-            "hard_frac": hard / pairs if pairs else float("nan")}
+    return {
+        "semihard_frac": semihard,
+        "active_frac": active,
+        "hard_frac": hard / pairs if pairs else float("nan"),
+    }

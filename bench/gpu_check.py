@@ -33,18 +33,39 @@ GOLDEN_PATH = ROOT / "tests" / "data" / "tfa_triplet_golden.npz"
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384],
-                        help="batch sizes to time (default: 1024 ... 16384)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[1024, 2048, 4096, 8192, 16384],
+        help="batch sizes to time (default: 1024 ... 16384)",
+    )
     parser.add_argument("--dim", type=int, default=128, help="embedding dimension D (default 128)")
-    parser.add_argument("--per-class", type=int, default=8,
-                        help="samples per class in the timed batches (default 8)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed repetitions, the median is shown")
-    parser.add_argument("--cpu-max", type=int, default=16384,
-                        help="largest B timed on the cpu backend (it is the slow one)")
-    parser.add_argument("--simulate-small", action="store_true",
-                        help="run under NUMBA_ENABLE_CUDASIM=1 with tiny sizes (no GPU needed)")
-    parser.add_argument("--ptx", action="store_true",
-                        help="only compile every kernel to PTX for --cc (no GPU needed; numba-cuda + NVVM)")
+    parser.add_argument(
+        "--per-class",
+        type=int,
+        default=8,
+        help="samples per class in the timed batches (default 8)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="timed repetitions, the median is shown"
+    )
+    parser.add_argument(
+        "--cpu-max",
+        type=int,
+        default=16384,
+        help="largest B timed on the cpu backend (it is the slow one)",
+    )
+    parser.add_argument(
+        "--simulate-small",
+        action="store_true",
+        help="run under NUMBA_ENABLE_CUDASIM=1 with tiny sizes (no GPU needed)",
+    )
+    parser.add_argument(
+        "--ptx",
+        action="store_true",
+        help="only compile every kernel to PTX for --cc (no GPU needed; numba-cuda + NVVM)",
+    )
     parser.add_argument("--cc", default="9.0", help="compute capability for --ptx (default 9.0)")
     args = parser.parse_args(argv)
     if args.simulate_small:
@@ -76,8 +97,15 @@ def check(ok, what):
 
 
 def close(a, b, rtol, atol):
-    return bool(np.allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64),
-                            rtol=rtol, atol=atol, equal_nan=False))
+    return bool(
+        np.allclose(
+            np.asarray(a, dtype=np.float64),
+            np.asarray(b, dtype=np.float64),
+            rtol=rtol,
+            atol=atol,
+            equal_nan=False,
+        )
+    )
 
 
 def optional(name):
@@ -111,8 +139,10 @@ def environment():
         from numba import cuda
 
         device = cuda.get_current_device()
-        print(f"  device: {device.name.decode() if isinstance(device.name, bytes) else device.name}, "
-              f"compute capability {device.compute_capability}")
+        print(
+            f"  device: {device.name.decode() if isinstance(device.name, bytes) else device.name}, "
+            f"compute capability {device.compute_capability}"
+        )
     return _cuda
 
 
@@ -132,7 +162,9 @@ def golden_cases(_cuda, simulate):
         want, want_grad = float(z[f"c{i}_loss"]), z[f"c{i}_grad"]
         kw = dict(margin=c["margin"], distance_metric=c["metric"])
         loss, grad = sn.triplet_semihard_loss_and_grad(labels, x, backend="cuda", **kw)
-        dloss, dgrad = sn.triplet_semihard_loss_and_grad(labels, cuda.to_device(x), backend="cuda", **kw)
+        dloss, dgrad = sn.triplet_semihard_loss_and_grad(
+            labels, cuda.to_device(x), backend="cuda", **kw
+        )
         mined = sn.mine_semihard(labels, x, backend="cuda", **kw)
         ref = sn.mine_semihard(labels, x, backend="cpu", **kw)
         if np.isnan(want):
@@ -142,16 +174,22 @@ def golden_cases(_cuda, simulate):
                 want_grad = sn.triplet_semihard_loss_and_grad(labels, x, backend="python", **kw)[1]
             ok = close(loss, want, 1e-5, 1e-6) and close(grad, want_grad, 1e-4, 1e-6)
         ok = ok and dloss == loss and close(dgrad.copy_to_host(), grad, 1e-6, 1e-7)
-        scale = 1e-5 * max(1.0, float(np.abs(ref.loss).max(initial=0)))  # distances round differently
+        scale = 1e-5 * max(
+            1.0, float(np.abs(ref.loss).max(initial=0))
+        )  # distances round differently
         ok = ok and close(mined.loss, ref.loss, 1e-4, scale)
         ok = ok and close(mined.loss.mean() if len(mined) else 0, loss, 1e-5, 1e-6)
         same_negatives = np.array_equal(mined.negative, ref.negative)
         if not ok:
             failed += 1
-            print(f"  FAIL case {i} ({c['kind']}, {c['metric']}, B={c['batch']}): loss {loss} vs {want}")
+            print(
+                f"  FAIL case {i} ({c['kind']}, {c['metric']}, B={c['batch']}): loss {loss} vs {want}"
+            )
         elif not same_negatives:
-            print(f"  note case {i}: a negative differs from cpu's on a near-tie "
-                  f"({int((mined.negative != ref.negative).sum())} of {len(mined)})")
+            print(
+                f"  note case {i}: a negative differs from cpu's on a near-tie "
+                f"({int((mined.negative != ref.negative).sum())} of {len(mined)})"
+            )
     check(failed == 0, f"{len(cases) - failed} of {len(cases)} golden cases within tolerance")
 
 
@@ -179,16 +217,28 @@ def device_frameworks(_cuda):
         mined = sn.mine_semihard(ld, xd)
         tol = 1e-5 if dtype == np.float32 else 2e-2
         on_device = _cuda.is_device_array(grad) and _cuda.is_device_array(mined.negative)
-        check(on_device and grad.dtype == dtype and close(loss, want_loss, tol, tol)
-              and close(grad.copy_to_host(), want_grad, 1e2 * tol, 1e-2 * tol if dtype == np.float32 else 1e-3),
-              f"{name}: auto -> cuda, loss/grad match cpu, results stay on the device")
+        check(
+            on_device
+            and grad.dtype == dtype
+            and close(loss, want_loss, tol, tol)
+            and close(
+                grad.copy_to_host(),
+                want_grad,
+                1e2 * tol,
+                1e-2 * tol if dtype == np.float32 else 1e-3,
+            ),
+            f"{name}: auto -> cuda, loss/grad match cpu, results stay on the device",
+        )
     if torch is not None:
         needs_grad = torch.as_tensor(x, device="cuda").requires_grad_()
         try:
             sn.triplet_semihard_loss(labels, needs_grad)
             check(False, "torch tensor requiring grad: expected a clear error")
         except Exception as error:
-            check("detach" in str(error), f"torch tensor requiring grad: {type(error).__name__} mentions detach()")
+            check(
+                "detach" in str(error),
+                f"torch tensor requiring grad: {type(error).__name__} mentions detach()",
+            )
     if not inputs:
         print("  (neither CuPy nor PyTorch with CUDA is installed: numba device arrays only)")
 
@@ -203,8 +253,10 @@ def determinism(sizes, dim):
     labels = rng.integers(0, max(1, B // 8), B)
     x = cuda.to_device(rng.normal(size=(B, dim)).astype(np.float32))
     losses = {sn.triplet_semihard_loss(labels, x, backend="cuda").tobytes() for _ in range(3)}
-    grads = {sn.triplet_semihard_loss_and_grad(labels, x, backend="cuda")[1].copy_to_host().tobytes()
-             for _ in range(2)}
+    grads = {
+        sn.triplet_semihard_loss_and_grad(labels, x, backend="cuda")[1].copy_to_host().tobytes()
+        for _ in range(2)
+    }
     check(len(losses) == 1 and len(grads) == 1, f"B={B}: 3 losses and 2 gradients bit-identical")
 
 
@@ -218,7 +270,9 @@ def median_time(fn, repeat):
 
 
 def timings(args, _cuda):
-    print(f"== timings, D={args.dim}, float32, {args.per_class} samples per class, median of {args.repeat}")
+    print(
+        f"== timings, D={args.dim}, float32, {args.per_class} samples per class, median of {args.repeat}"
+    )
     from numba import cuda
 
     cp, _ = optional("cupy")
@@ -235,13 +289,21 @@ def timings(args, _cuda):
         row = {"B": B}
         if B <= args.cpu_max:
             sn.triplet_semihard_loss(labels, x, backend="cpu")
-            row["cpu"] = median_time(lambda: sn.triplet_semihard_loss(labels, x, backend="cpu"), args.repeat)
-        row["cuda host"] = median_time(lambda: sn.triplet_semihard_loss(labels, x, backend="cuda"), args.repeat)
-        row["cuda device"] = median_time(lambda: sn.triplet_semihard_loss(labels, x_dev, backend="cuda"),
-                                         args.repeat)
+            row["cpu"] = median_time(
+                lambda: sn.triplet_semihard_loss(labels, x, backend="cpu"), args.repeat
+            )
+        row["cuda host"] = median_time(
+            lambda: sn.triplet_semihard_loss(labels, x, backend="cuda"), args.repeat
+        )
+        row["cuda device"] = median_time(
+            lambda: sn.triplet_semihard_loss(labels, x_dev, backend="cuda"), args.repeat
+        )
         row["cuda grad device"] = median_time(
-            lambda: sn.triplet_semihard_loss_and_grad(labels, x_dev, backend="cuda")[1].copy_to_host(),
-            max(1, args.repeat // 2))
+            lambda: sn.triplet_semihard_loss_and_grad(labels, x_dev, backend="cuda")[
+                1
+            ].copy_to_host(),
+            max(1, args.repeat // 2),
+        )
         if cp is not None:
             xc = cp.asarray(x)
             (xc @ xc.T)
@@ -277,13 +339,17 @@ def timings(args, _cuda):
             crossover = r["B"]
             break
     print(f"  cuda (host input, transfers included) faster than cpu at B in {faster}")
-    print(f"  crossover B: {crossover} (dispatcher default {_dispatch.DEFAULT_CUDA_MIN_BATCH}; "
-          f"set {_dispatch.CUDA_MIN_BATCH_ENV} to override)")
+    print(
+        f"  crossover B: {crossover} (dispatcher default {_dispatch.DEFAULT_CUDA_MIN_BATCH}; "
+        f"set {_dispatch.CUDA_MIN_BATCH_ENV} to override)"
+    )
     at = [r for r in rows if r["B"] == 8192 and "cuBLAS x@x.T" in r]
     if at:
         ratio = at[0]["cuda device"] / at[0]["cuBLAS x@x.T"]
-        print(f"  target: B=8192 cuda (device input) within 2x of cuBLAS x@x.T: {ratio:.2f}x "
-              f"({'met' if ratio <= 2 else 'NOT met'})")
+        print(
+            f"  target: B=8192 cuda (device input) within 2x of cuBLAS x@x.T: {ratio:.2f}x "
+            f"({'met' if ratio <= 2 else 'NOT met'})"
+        )
     return rows
 
 
@@ -309,7 +375,10 @@ def ptx_only(cc):
         row_norms, symmetrize, finish_squared, finish_angular = _cuda._elementwise_kernels(dt)
         kernels = {
             "gram": (_cuda._matmul_kernel(dt, _cuda.TILE, _cuda.REG, True), (M, M, V, t.int64, M)),
-            "matmul": (_cuda._matmul_kernel(dt, _cuda.TILE, _cuda.REG, False), (M, M, V, t.int64, M)),
+            "matmul": (
+                _cuda._matmul_kernel(dt, _cuda.TILE, _cuda.REG, False),
+                (M, M, V, t.int64, M),
+            ),
             "mining loss": (_cuda._mining_kernel(dt, _cuda.THREADS, False, False), mining),
             "mining mine+grad": (_cuda._mining_kernel(dt, _cuda.THREADS, True, True), mining),
             "sum": (_cuda._sum_kernel(_cuda.THREADS), (t.float64[::1], t.float64[::1])),
@@ -327,8 +396,12 @@ def ptx_only(cc):
             except Exception as error:
                 ok = False
                 print(f"  FAIL {np.dtype(dt).name} {name}: {type(error).__name__}: {error}")
-    for src, dst in ((t.float16[:, :], t.float32[:, ::1]), (t.int32[:, :], t.float64[:, ::1]),
-                     (t.float32[:, :], t.float32[:, ::1]), (t.float32[:, ::1], t.float16[:, ::1])):
+    for src, dst in (
+        (t.float16[:, :], t.float32[:, ::1]),
+        (t.int32[:, :], t.float64[:, ::1]),
+        (t.float32[:, :], t.float32[:, ::1]),
+        (t.float32[:, ::1], t.float16[:, ::1]),
+    ):
         try:
             cuda.compile_ptx(_cuda._copy_kernel.py_func, (src, dst), cc=cc)
             print(f"  ok   copy {src} -> {dst}")
@@ -352,8 +425,10 @@ def main(args):
     device_frameworks(_cuda)
     determinism(args.sizes, args.dim)
     timings(args, _cuda)
-    print(f"== done in {time.perf_counter() - start:.0f} s: "
-          f"{'all checks passed' if not FAILURES else f'{len(FAILURES)} FAILED'}")
+    print(
+        f"== done in {time.perf_counter() - start:.0f} s: "
+        f"{'all checks passed' if not FAILURES else f'{len(FAILURES)} FAILED'}"
+    )
     sys.exit(1 if FAILURES else 0)
 
 

@@ -60,8 +60,7 @@ def _as_inputs(labels, embeddings):
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != labels.shape[0]:
         raise ValueError(
-            f"expected labels (B,) and embeddings (B, D); got {labels.shape} "
-            f"and {embeddings.shape}"
+            f"expected labels (B,) and embeddings (B, D); got {labels.shape} and {embeddings.shape}"
         )
     return labels, embeddings
 
@@ -156,7 +155,7 @@ def tfa_estimated_peak_bytes(batch_size: int) -> int:
     ~155 GB and B=4096 ~1.2 TB: not runnable on an ordinary machine.
     """
     b = int(batch_size)
-    return 18 * b ** 3
+    return 18 * b**3
 
 
 # --------------------------------------------------------------------------
@@ -366,11 +365,15 @@ def _check(margin):
             l1 = loss_fn(labels, emb, margin)
             l2, g = vg_fn(labels, emb, margin)
             res[name] = (l1, l2, g)
-            print(f"{name:22s} loss={l1:.7f}  (loss_and_grad: {l2:.7f}, |grad|={np.linalg.norm(g):.6f})")
+            print(
+                f"{name:22s} loss={l1:.7f}  (loss_and_grad: {l2:.7f}, |grad|={np.linalg.norm(g):.6f})"
+            )
     if "tfa" in res and "sentence_transformers" in res:
         a, b = res["tfa"], res["sentence_transformers"]
-        print(f"tfa vs sentence_transformers: |dloss|={abs(a[0] - b[0]):.3e}  "
-              f"max|dgrad|={np.max(np.abs(a[2] - b[2])):.3e}")
+        print(
+            f"tfa vs sentence_transformers: |dloss|={abs(a[0] - b[0]):.3e}  "
+            f"max|dgrad|={np.max(np.abs(a[2] - b[2])):.3e}"
+        )
 
 
 def _time(peer, sizes, dim, per_class, repeats, grad, margin):
@@ -380,17 +383,22 @@ def _time(peer, sizes, dim, per_class, repeats, grad, margin):
     loss_fn, vg_fn = PEERS[peer]
     fn = vg_fn if grad else loss_fn
     for b in sizes:
-        labels, emb = clustered_batch(n_classes=b // per_class, per_class=per_class, dim=dim, seed=b)
+        labels, emb = clustered_batch(
+            n_classes=b // per_class, per_class=per_class, dim=dim, seed=b
+        )
         fn(labels, emb, margin)  # warm-up (tracing / JIT / allocation)
         ts = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             fn(labels, emb, margin)
             ts.append(time.perf_counter() - t0)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-        print(f"{peer:22s} B={b:5d} D={dim} grad={grad!s:5s} median={np.median(ts) * 1e3:10.1f} ms  "
-              f"min={min(ts) * 1e3:10.1f} ms  peak_rss={rss:6.2f} GiB  "
-              f"all_ms={[round(t * 1e3, 1) for t in ts]}", flush=True)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(
+            f"{peer:22s} B={b:5d} D={dim} grad={grad!s:5s} median={np.median(ts) * 1e3:10.1f} ms  "
+            f"min={min(ts) * 1e3:10.1f} ms  peak_rss={rss:6.2f} GiB  "
+            f"all_ms={[round(t * 1e3, 1) for t in ts]}",
+            flush=True,
+        )
 
 
 def main(argv=None):

@@ -24,11 +24,11 @@ import semihard_numba
 
 @dataclass
 class Result:
-    initial_loss: float   # mean triplet loss of the held-out digits (one batch of all of them)
+    initial_loss: float  # mean triplet loss of the held-out digits (one batch of all of them)
     final_loss: float
-    initial_accuracy: float   # 1-NN accuracy of held-out digits against the training digits
+    initial_accuracy: float  # 1-NN accuracy of held-out digits against the training digits
     final_accuracy: float
-    batch_losses: list = field(default_factory=list)   # the training loss at every step
+    batch_losses: list = field(default_factory=list)  # the training loss at every step
 
 
 def embed(X, W):
@@ -53,15 +53,16 @@ def grad_W(X, E, norms, grad_E):
 
 def nn_accuracy(E_test, y_test, E_train, y_train):
     """Fraction of test points whose nearest training point (Euclidean) has the same label."""
-    d2 = (E_test ** 2).sum(1)[:, None] - 2 * E_test @ E_train.T + (E_train ** 2).sum(1)[None, :]
+    d2 = (E_test**2).sum(1)[:, None] - 2 * E_test @ E_train.T + (E_train**2).sum(1)[None, :]
     return float(np.mean(y_train[np.argmin(d2, axis=1)] == y_test))
 
 
 def sample_batch(rng, y, classes, per_class):
     """Indices of a P x K batch: `classes` random labels, `per_class` random images of each."""
     chosen = rng.choice(np.unique(y), size=classes, replace=False)
-    return np.concatenate([rng.choice(np.flatnonzero(y == c), size=per_class, replace=False)
-                           for c in chosen])
+    return np.concatenate(
+        [rng.choice(np.flatnonzero(y == c), size=per_class, replace=False) for c in chosen]
+    )
 
 
 def main(argv=None):
@@ -81,14 +82,17 @@ def main(argv=None):
 
     digits = load_digits()
     X_train, X_test, y_train, y_test = train_test_split(
-        digits.data, digits.target, test_size=0.25, random_state=args.seed, stratify=digits.target)
+        digits.data, digits.target, test_size=0.25, random_state=args.seed, stratify=digits.target
+    )
     mean, std = X_train.mean(0), X_train.std(0)
-    std[std == 0] = 1.0   # pixels that are constant in the training digits (a few border ones)
+    std[std == 0] = 1.0  # pixels that are constant in the training digits (a few border ones)
     X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
 
     def evaluate(W):
         E_test, E_train = embed(X_test, W)[0], embed(X_train, W)[0]
-        loss = semihard_numba.triplet_semihard_loss(y_test, E_test, args.margin, backend=args.backend)
+        loss = semihard_numba.triplet_semihard_loss(
+            y_test, E_test, args.margin, backend=args.backend
+        )
         return float(loss), nn_accuracy(E_test, y_test, E_train, y_train)
 
     W = rng.normal(0.0, 1.0 / np.sqrt(X_train.shape[1]), (X_train.shape[1], args.dim))
@@ -102,14 +106,15 @@ def main(argv=None):
         idx = sample_batch(rng, y_train, args.batch_classes, args.per_class)
         E, norms = embed(X_train[idx], W)
         loss, grad_E = semihard_numba.triplet_semihard_loss_and_grad(
-            y_train[idx], E, args.margin, backend=args.backend)
+            y_train[idx], E, args.margin, backend=args.backend
+        )
         g = grad_W(X_train[idx], E, norms, grad_E)
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g * g
-        W -= args.lr * (m / (1 - beta1 ** step)) / (np.sqrt(v / (1 - beta2 ** step)) + 1e-8)
+        W -= args.lr * (m / (1 - beta1**step)) / (np.sqrt(v / (1 - beta2**step)) + 1e-8)
         batch_losses.append(float(loss))
         if step == 1 or step % max(1, args.steps // 10) == 0 or step == args.steps:
-            recent = np.mean(batch_losses[-max(1, args.steps // 10):])
+            recent = np.mean(batch_losses[-max(1, args.steps // 10) :])
             print(f"step {step:5d}  batch loss {loss:.4f}  (recent mean {recent:.4f})")
     print(f"{args.steps} steps in {time.perf_counter() - start:.2f} s")
 
@@ -139,7 +144,7 @@ def plot(path, batch_losses, E_test, y_test):
     ax_loss.set(xlabel="step", ylabel="semi-hard triplet loss", title="training loss")
     ax_loss.legend()
     centred = E_test - E_test.mean(0)
-    xy = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T   # PCA via SVD
+    xy = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T  # PCA via SVD
     points = ax_emb.scatter(xy[:, 0], xy[:, 1], c=y_test, cmap="tab10", s=10, vmin=-0.5, vmax=9.5)
     fig.colorbar(points, ax=ax_emb, ticks=range(10), label="digit")
     ax_emb.set(title="held-out digits, embedding PCA", xlabel="PC 1", ylabel="PC 2")

@@ -28,8 +28,10 @@ def main(argv=None):
 
     labels, x = example_batch(args.batch_size, args.per_class, args.dim)
     mined = mine_semihard(labels, x, args.margin, args.metric, backend="cpu")
-    print(f"batch: B = {len(labels)}, D = {args.dim}, {len(np.unique(labels))} classes, "
-          f"metric {args.metric}, margin {args.margin}")
+    print(
+        f"batch: B = {len(labels)}, D = {args.dim}, {len(np.unique(labels))} classes, "
+        f"metric {args.metric}, margin {args.margin}"
+    )
     found = f", {mined.semihard.mean():.0%} with a semi-hard negative" if len(mined) else ""
     print(f"{len(mined)} positive pairs{found}\n")
     print(f"{'backend':<8} {'loss':>12} {'first call':>12} {'next call':>12}")
@@ -47,8 +49,10 @@ def main(argv=None):
     values = np.array(list(losses.values()), dtype=np.float64)
     spread = values.max() - values.min()
     agree = np.allclose(values, values[0], rtol=1e-5, atol=1e-6)
-    print(f"\nlargest difference between backends: {spread:.2e} "
-          f"({'they agree' if agree else 'THEY DISAGREE'})")
+    print(
+        f"\nlargest difference between backends: {spread:.2e} "
+        f"({'they agree' if agree else 'THEY DISAGREE'})"
+    )
     return 0 if agree else 1
 
 

@@ -36,8 +36,9 @@ def _with_parameters(function):
 
 
 @_with_parameters
-def triplet_semihard_loss(labels, embeddings, margin=1.0, distance_metric="L2", backend="auto",
-                          check_finite=True):
+def triplet_semihard_loss(
+    labels, embeddings, margin=1.0, distance_metric="L2", backend="auto", check_finite=True
+):
     """Triplet loss with online semi-hard negative mining, as `tfa.losses.triplet_semihard_loss`.
 
     For every ordered pair (a, p), a != p, with the same label, the negative is the closest n of
@@ -63,13 +64,16 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, distance_metric="L2", 
     >>> round(float(semihard_numba.triplet_semihard_loss(labels, x)), 6)
     0.542893
     """
-    implementation, batch = resolve(labels, embeddings, margin, distance_metric, backend, check_finite)
+    implementation, batch = resolve(
+        labels, embeddings, margin, distance_metric, backend, check_finite
+    )
     return batch.out_dtype.type(implementation.loss(batch))
 
 
 @_with_parameters
-def triplet_semihard_loss_and_grad(labels, embeddings, margin=1.0, distance_metric="L2",
-                                   backend="auto", check_finite=True):
+def triplet_semihard_loss_and_grad(
+    labels, embeddings, margin=1.0, distance_metric="L2", backend="auto", check_finite=True
+):
     """The loss of `triplet_semihard_loss` and its gradient with respect to the embeddings.
 
     The gradient is what TensorFlow's automatic differentiation gives for TFA's loss: a triplet on
@@ -88,7 +92,9 @@ def triplet_semihard_loss_and_grad(labels, embeddings, margin=1.0, distance_metr
             "triplet_semihard_loss_and_grad needs a named distance_metric ('L2', 'squared-L2', "
             "'angular'): a callable metric has no gradient"
         )
-    implementation, batch = resolve(labels, embeddings, margin, distance_metric, backend, check_finite)
+    implementation, batch = resolve(
+        labels, embeddings, margin, distance_metric, backend, check_finite
+    )
     loss, grad = implementation.loss_and_grad(batch)
     if isinstance(grad, np.ndarray):  # device backends return the gradient in the output dtype
         grad = grad.astype(batch.out_dtype, copy=False)
@@ -96,8 +102,9 @@ def triplet_semihard_loss_and_grad(labels, embeddings, margin=1.0, distance_metr
 
 
 @_with_parameters
-def mine_semihard(labels, embeddings, margin=1.0, distance_metric="L2", backend="auto",
-                  check_finite=True):
+def mine_semihard(
+    labels, embeddings, margin=1.0, distance_metric="L2", backend="auto", check_finite=True
+):
     """The triplets TFA's rule picks: one negative for every ordered positive pair.
 
     {parameters}
@@ -108,5 +115,7 @@ def mine_semihard(labels, embeddings, margin=1.0, distance_metric="L2", backend=
         pair, ordered by anchor then positive (Numba device arrays for GPU input on "cuda").
         The mean of `loss` is `triplet_semihard_loss`.
     """
-    implementation, batch = resolve(labels, embeddings, margin, distance_metric, backend, check_finite)
+    implementation, batch = resolve(
+        labels, embeddings, margin, distance_metric, backend, check_finite
+    )
     return implementation.mine(batch)

@@ -22,7 +22,6 @@ from ._inputs import check_distance_matrix
 from ._mining import MiningResult
 from ._radix_sort import radix_argsort, sort_key
 
-
 # An anchor with at least this many positives searches sorted negatives instead of scanning them.
 SORT_MIN_POSITIVES = 16
 
@@ -111,7 +110,9 @@ def _negative_distances(row, bits, codes, a, positives, negatives_sorted, d_an, 
         positive = sort_key(bits[p], sign)
         nearest = NONE
         for n in range(B):  # find suiting negative: the hardest one strictly farther than p
-            nearest = min(nearest, keys[n] if keys[n] > positive else NONE)  # TFA ignores the margin
+            nearest = min(
+                nearest, keys[n] if keys[n] > positive else NONE
+            )  # TFA ignores the margin
         semihard[k] = nearest != NONE
         target = nearest if nearest != NONE else far
         n0 = 0
@@ -230,8 +231,20 @@ def _anchor_losses(codes, G, G_bits, sq, metric, margin, sort_min_positives, wan
 
 
 @njit(parallel=True, cache=CACHE)
-def _mine_pairs(codes, G, G_bits, sq, metric, margin, sort_min_positives, out_anchor,
-                out_positive, out_negative, out_semihard, out_loss):
+def _mine_pairs(
+    codes,
+    G,
+    G_bits,
+    sq,
+    metric,
+    margin,
+    sort_min_positives,
+    out_anchor,
+    out_positive,
+    out_negative,
+    out_semihard,
+    out_loss,
+):
     """Fill out_* with one entry per ordered positive pair, by anchor then positive."""
     B = codes.shape[0]
     members, start = _class_members(codes)
@@ -320,22 +333,27 @@ def loss(batch, sort_min_positives=SORT_MIN_POSITIVES):
     G, sq, metric, _ = _gram(batch)
     margin = batch.x.dtype.type(batch.margin)
     with _threads_for(batch.size):
-        per_anchor = _anchor_losses(batch.codes, G, _bits(G), sq, metric, margin,
-                                    sort_min_positives, False, 0.0)
+        per_anchor = _anchor_losses(
+            batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives, False, 0.0
+        )
     n_pairs = _pair_count(batch.codes)
     return per_anchor.sum() / n_pairs if n_pairs else 0.0  # TFA: 0 / 0 = NaN
 
 
-def loss_and_grad(batch, sort_min_positives=SORT_MIN_POSITIVES,
-                  sparse_backward_max_density=SPARSE_BACKWARD_MAX_DENSITY):
+def loss_and_grad(
+    batch,
+    sort_min_positives=SORT_MIN_POSITIVES,
+    sparse_backward_max_density=SPARSE_BACKWARD_MAX_DENSITY,
+):
     G, sq, metric, y = _gram(batch)
     margin = batch.x.dtype.type(batch.margin)
     n_pairs = _pair_count(batch.codes)
     if n_pairs == 0:
         return 0.0, np.zeros_like(batch.x)
     with _threads_for(batch.size):
-        per_anchor = _anchor_losses(batch.codes, G, _bits(G), sq, metric, margin,
-                                    sort_min_positives, True, 1.0 / n_pairs)
+        per_anchor = _anchor_losses(
+            batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives, True, 1.0 / n_pairs
+        )
     loss = per_anchor.sum() / n_pairs
     # G now holds dL/dP, with at most 2 (n_pairs / B) nonzeros per row plus ties. Small classes
     # leave it sparse: walk its nonzeros. Large classes fill it: one BLAS product is cheaper.
@@ -359,6 +377,18 @@ def mine(batch, sort_min_positives=SORT_MIN_POSITIVES):
     )
     margin = batch.x.dtype.type(batch.margin)
     with _threads_for(batch.size):
-        _mine_pairs(batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives,
-                    result.anchor, result.positive, result.negative, result.semihard, result.loss)
+        _mine_pairs(
+            batch.codes,
+            G,
+            _bits(G),
+            sq,
+            metric,
+            margin,
+            sort_min_positives,
+            result.anchor,
+            result.positive,
+            result.negative,
+            result.semihard,
+            result.loss,
+        )
     return result

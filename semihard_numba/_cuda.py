@@ -90,7 +90,10 @@ def status():
     try:
         available = cuda.is_available()
     except Exception as error:  # a broken driver or library install
-        return False, f"numba.cuda failed to start ({type(error).__name__}: {error}); {INSTALL_HINT}"
+        return (
+            False,
+            f"numba.cuda failed to start ({type(error).__name__}: {error}); {INSTALL_HINT}",
+        )
     if available:
         return True, f"CUDA GPU found by {_implementation()}"
     detail = None
@@ -310,7 +313,9 @@ def _matmul_kernel(dtype, tile, reg, gram):
                         j = col0 + tx + c * T
                         if i < M and j < N:
                             if gram:
-                                out[i, j] = _gram_to_distance(acc[r, c], sq, i, j, metric, zero, one)
+                                out[i, j] = _gram_to_distance(
+                                    acc[r, c], sq, i, j, metric, zero, one
+                                )
                             else:
                                 out[i, j] = acc[r, c]
 
@@ -329,9 +334,24 @@ def _mining_kernel(dtype, threads, want_mine, want_grad):
     T = threads
 
     @cuda.jit
-    def kernel(D, codes, members, class_start, position, offset, margin, metric, anchor_loss,
-               out_anchor, out_positive, out_negative, out_semihard, out_loss, pair_distance,
-               pair_ties):
+    def kernel(
+        D,
+        codes,
+        members,
+        class_start,
+        position,
+        offset,
+        margin,
+        metric,
+        anchor_loss,
+        out_anchor,
+        out_positive,
+        out_negative,
+        out_semihard,
+        out_loss,
+        pair_distance,
+        pair_ties,
+    ):
         s_val = cuda.shared.array(T, nbtype)
         s_idx = cuda.shared.array(T, numba.int64)
         s_cnt = cuda.shared.array(T, numba.int64)
@@ -459,7 +479,11 @@ def _mining_kernel(dtype, threads, want_mine, want_grad):
                             g += _derivative(dn, metric, zero, half, one)
                     if no_negative:
                         if dn == far_v and n_active > 0:
-                            g -= _derivative(far_v, metric, zero, half, one) / nbtype(far_c) * nbtype(n_active)
+                            g -= (
+                                _derivative(far_v, metric, zero, half, one)
+                                / nbtype(far_c)
+                                * nbtype(n_active)
+                            )
                     elif codes[n] != ca:
                         for k in range(n_pairs):
                             pair = offset[a] + k
@@ -569,7 +593,9 @@ def device_batch(labels, embeddings, margin, distance_metric, check_finite=True)
         rows = _check_finite_device(x)
         if rows.size:
             raise nonfinite_rows_error(rows)
-    return Batch(codes, x, output_dtype(raw.dtype), check_margin(margin), check_metric(distance_metric))
+    return Batch(
+        codes, x, output_dtype(raw.dtype), check_margin(margin), check_metric(distance_metric)
+    )
 
 
 def _on_host(batch):
@@ -653,8 +679,10 @@ class _Pairs:
         offset = np.zeros(B + 1, dtype=np.int64)
         np.cumsum(counts[codes] - 1, out=offset[1:])
         self.count = int(offset[-1])
-        self.device = [cuda.to_device(a) for a in (codes.astype(np.int64), members, class_start,
-                                                      position, offset)]
+        self.device = [
+            cuda.to_device(a)
+            for a in (codes.astype(np.int64), members, class_start, position, offset)
+        ]
 
 
 def _run_mining(batch, D, metric, pairs, want_mine, want_grad):
@@ -675,9 +703,20 @@ def _run_mining(batch, D, metric, pairs, want_mine, want_grad):
     pair_ties = cuda.device_array(m, dtype=np.int64)
     kernel = _mining_kernel(dtype.str, THREADS, want_mine, want_grad)
     grid = max(1, min(B, MAX_BLOCKS))
-    kernel[grid, THREADS](D, *pairs.device, dtype.type(batch.margin), metric, anchor_loss,
-                          result.anchor, result.positive, result.negative, result.semihard,
-                          result.loss, pair_distance, pair_ties)
+    kernel[grid, THREADS](
+        D,
+        *pairs.device,
+        dtype.type(batch.margin),
+        metric,
+        anchor_loss,
+        result.anchor,
+        result.positive,
+        result.negative,
+        result.semihard,
+        result.loss,
+        pair_distance,
+        pair_ties,
+    )
     return anchor_loss, (result if want_mine else None)
 
 
@@ -707,12 +746,20 @@ def mine(batch):
         empty = MiningResult.from_rows([], dtype)
         if _on_host(batch):
             return empty
-        return MiningResult(**{f: cuda.to_device(getattr(empty, f)) for f in
-                               ("anchor", "positive", "negative", "semihard", "loss")})
+        return MiningResult(
+            **{
+                f: cuda.to_device(getattr(empty, f))
+                for f in ("anchor", "positive", "negative", "semihard", "loss")
+            }
+        )
     _, result = _run_mining(batch, D, metric, pairs, True, False)
     if _on_host(batch):
-        return MiningResult(**{f: getattr(result, f).copy_to_host() for f in
-                               ("anchor", "positive", "negative", "semihard", "loss")})
+        return MiningResult(
+            **{
+                f: getattr(result, f).copy_to_host()
+                for f in ("anchor", "positive", "negative", "semihard", "loss")
+            }
+        )
     return result
 
 

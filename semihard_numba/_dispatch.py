@@ -106,7 +106,10 @@ def backends():
     return {
         "python": (True, "the readable reference loop (pure Python, slow)"),
         "numpy": (True, "vectorized port of TFA's tensor algebra (O(B^3) memory)"),
-        "cpu": (True, f"Numba {numba.__version__} parallel kernel, {numba.get_num_threads()} threads"),
+        "cpu": (
+            True,
+            f"Numba {numba.__version__} parallel kernel, {numba.get_num_threads()} threads",
+        ),
         "cuda": cuda_status(),
     }
 
@@ -139,7 +142,9 @@ def resolve(labels, embeddings, margin, distance_metric, backend, check_finite):
     if backend == "cuda":
         cuda = _cuda_backend()
         if on_device:
-            return cuda, cuda.device_batch(labels, embeddings, margin, distance_metric, check_finite)
+            return cuda, cuda.device_batch(
+                labels, embeddings, margin, distance_metric, check_finite
+            )
         return cuda, host_batch(_host(labels), embeddings, margin, distance_metric, check_finite)
     return HOST_BACKENDS[backend], host_batch(
         _host(labels), _host(embeddings), margin, distance_metric, check_finite

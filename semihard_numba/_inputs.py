@@ -54,7 +54,9 @@ def output_dtype(dtype):
 def check_embedding_shape(shape, n_labels):
     """Shape checks shared by host and device input."""
     if len(shape) != 2:
-        raise ValueError(f"embeddings must be a 2-D array of shape (B, D), got shape {tuple(shape)}")
+        raise ValueError(
+            f"embeddings must be a 2-D array of shape (B, D), got shape {tuple(shape)}"
+        )
     if shape[0] == 0:
         raise ValueError("the batch is empty: embeddings have B = 0 rows")
     if shape[1] == 0:
@@ -125,7 +127,9 @@ def host_batch(labels, embeddings, margin, distance_metric, check_finite=True):
     x = np.ascontiguousarray(raw, dtype=dtype)
     if check_finite:
         check_finite_embeddings(x)
-    return Batch(codes, x, output_dtype(raw.dtype), check_margin(margin), check_metric(distance_metric))
+    return Batch(
+        codes, x, output_dtype(raw.dtype), check_margin(margin), check_metric(distance_metric)
+    )
 
 
 def check_distance_matrix(D, batch_size, dtype):

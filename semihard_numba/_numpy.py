@@ -62,7 +62,9 @@ def _tfa_tensors(batch):
     inside_values = np.where(
         has_negative, np.where(adjacency_not, D, -np.inf).max(axis=1), D.min(axis=1)
     ).astype(D.dtype)
-    inside_ties = np.where(has_negative[:, None], adjacency_not, True) & (D == inside_values[:, None])
+    inside_ties = np.where(has_negative[:, None], adjacency_not, True) & (
+        D == inside_values[:, None]
+    )
 
     semi_hard_negatives = np.where(found, outside, inside_values[:, None])
     loss_mat = batch.x.dtype.type(batch.margin) + (D - semi_hard_negatives)
@@ -105,7 +107,9 @@ def loss_and_grad(batch):
     # On the hinge (loss_mat == 0) TF's maximum still passes gradient to its first argument.
     weight = ((loss_mat >= 0) & mask_positives) / num_positives  # [a, p]
     dD = weight.astype(D.dtype)
-    outside_weight = np.where(found, weight, 0).T / np.maximum(outside_ties.sum(axis=2), 1)  # [p, a]
+    outside_weight = np.where(found, weight, 0).T / np.maximum(
+        outside_ties.sum(axis=2), 1
+    )  # [p, a]
     dD -= np.einsum("pa,pan->an", outside_weight.astype(D.dtype), outside_ties.astype(D.dtype))
     inside_weight = np.where(found, 0, weight).sum(axis=1) / inside_ties.sum(axis=1)  # [a]
     dD -= (inside_weight[:, None] * inside_ties).astype(D.dtype)

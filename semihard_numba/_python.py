@@ -1,6 +1,6 @@
 """Backend "python": the post's triple loop in plain Python, the executable specification.
 
-The loop follows `semiHardTripletLoss` from the post (../README.md, "Where it comes from") almost word
+The loop follows `semiHardTripletLoss` from the post (README.md, "Where it comes from") almost word
 for word. Where the post departs from TensorFlow Addons, TFA wins and a comment says so:
 - the margin plays no part in choosing the negative (the post skipped negatives beyond D[a,p] + alpha;
   the loss is the same, the negative reported by `mine_semihard` is not);
@@ -87,8 +87,12 @@ def loss_and_grad(batch):
     count = len(triplets)
     dD = np.zeros_like(D)  # dL/dD
     for a, p, _, ties, l, _ in triplets:
-        if margin + (D[a, p] - D[a, ties[0]]) >= 0:  # on the hinge TF's maximum still passes gradient
+        if (
+            margin + (D[a, p] - D[a, ties[0]]) >= 0
+        ):  # on the hinge TF's maximum still passes gradient
             dD[a, p] += 1 / count
             for n in ties:  # negatives tied at the chosen distance share its gradient equally
                 dD[a, n] -= 1 / (count * len(ties))
-    return sum(float(t[4]) for t in triplets) / count, distance_backward(batch.x, D, dD, batch.metric)
+    return sum(float(t[4]) for t in triplets) / count, distance_backward(
+        batch.x, D, dD, batch.metric
+    )

@@ -23,5 +23,7 @@ collect_ignore = [] if CUDA_TESTS else ["test_cuda.py"]
 
 def pytest_report_header(config):
     if not CUDA_TESTS:
-        return ("tests/test_cuda.py not collected: no usable GPU; run it under the simulator with "
-                "NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda.py")
+        return (
+            "tests/test_cuda.py not collected: no usable GPU; run it under the simulator with "
+            "NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda.py"
+        )

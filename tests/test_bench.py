@@ -19,8 +19,13 @@ from bench import run  # noqa: E402
 
 
 def test_quick_mode_runs_and_writes_results(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -55,13 +60,19 @@ def test_skips_are_explained_before_running():
     assert run.skip_reason("numpy", 256, [], _args(), 8 * gib) is None
     assert "GiB" in run.skip_reason("tfa", 1024, [], _args(), 8 * gib)
     # Extrapolated time per call.
-    assert "per call" in run.skip_reason("sentence-transformers", 8192, [(4096, 3.0, 1e9)],
-                                         _args(), 8 * gib)
+    assert "per call" in run.skip_reason(
+        "sentence-transformers", 8192, [(4096, 3.0, 1e9)], _args(), 8 * gib
+    )
     assert run.skip_reason("cpu", 16384, [(8192, 0.5, 5e8)], _args(), 8 * gib) is None
 
 
 @pytest.mark.parametrize("module", ["bench", "bench.core_targets"])
 def test_help(module):
-    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and "usage" in out.stdout

@@ -45,7 +45,6 @@ def test_large_batches_agree_with_the_vectorized_port(per_class):
         assert cpu == pytest.approx(vectorized, rel=1e-6)
 
 
-
 CACHED_RUN = """
 import numpy as np, semihard_numba as sn
 labels = np.repeat(np.arange(16), 4)
@@ -59,10 +58,15 @@ def test_on_disk_cache_serves_processes_with_another_thread_count(tmp_path):
     """The parallel kernels are cached: compile with 2 threads, then load with 1 and with 2."""
     outputs = []
     for threads in ("2", "1", "2"):
-        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_NUM_THREADS=threads,
-                   SEMIHARD_NUMBA_CACHE="1")
-        run = subprocess.run([sys.executable, "-c", CACHED_RUN], env=env, capture_output=True,
-                             text=True, check=True)
+        env = dict(
+            os.environ,
+            NUMBA_CACHE_DIR=str(tmp_path),
+            NUMBA_NUM_THREADS=threads,
+            SEMIHARD_NUMBA_CACHE="1",
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", CACHED_RUN], env=env, capture_output=True, text=True, check=True
+        )
         outputs.append(run.stdout)
     assert outputs[0] == outputs[1] == outputs[2]
     assert list(tmp_path.rglob("*.nbi")), "nothing was cached"
@@ -73,10 +77,12 @@ def test_radix_argsort_orders_floats_like_numpy(dtype, uint):
     from semihard_numba._radix_sort import radix_argsort
 
     rng = np.random.default_rng(3)
-    values = np.concatenate([
-        rng.standard_normal(3000) * 10.0 ** rng.integers(-30, 30, 3000),
-        [0.0, -0.0, np.inf, -np.inf, 1.0, 1.0, 1.0],
-    ]).astype(dtype)
+    values = np.concatenate(
+        [
+            rng.standard_normal(3000) * 10.0 ** rng.integers(-30, 30, 3000),
+            [0.0, -0.0, np.inf, -np.inf, 1.0, 1.0, 1.0],
+        ]
+    ).astype(dtype)
     order = radix_argsort(values.view(uint), np.arange(len(values)))
     np.testing.assert_array_equal(values[order], np.sort(values))
     ones = np.flatnonzero(values == 1.0)

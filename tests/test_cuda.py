@@ -95,8 +95,12 @@ def fast_thread_switching():
 
 def golden(case):
     i = case["case"]
-    return (GOLDEN[f"c{i}_labels"], GOLDEN[f"c{i}_embeddings"], float(GOLDEN[f"c{i}_loss"]),
-            GOLDEN[f"c{i}_grad"])
+    return (
+        GOLDEN[f"c{i}_labels"],
+        GOLDEN[f"c{i}_embeddings"],
+        float(GOLDEN[f"c{i}_loss"]),
+        GOLDEN[f"c{i}_grad"],
+    )
 
 
 def case_id(case):
@@ -114,7 +118,9 @@ def test_golden(case):
     assert loss.dtype == np.float32 and grad.dtype == np.float32 and isinstance(grad, np.ndarray)
     np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
     if case["case"] in GRAD_AGAINST_PYTHON:
-        expected_grad = sn.triplet_semihard_loss_and_grad(labels, x, **{**kwargs, "backend": "python"})[1]
+        expected_grad = sn.triplet_semihard_loss_and_grad(
+            labels, x, **{**kwargs, "backend": "python"}
+        )[1]
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-6)
     assert sn.triplet_semihard_loss(labels, x, **kwargs) == loss
 
@@ -167,7 +173,9 @@ def test_angular_mining_matches_python_on_the_same_distances(seed, B, n_classes)
     np.testing.assert_allclose(got.loss, want.loss, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("threads,tile,reg,max_blocks", [(1, 1, 1, 1), (3, 2, 3, 2), (32, 8, 4, 65535)])
+@pytest.mark.parametrize(
+    "threads,tile,reg,max_blocks", [(1, 1, 1, 1), (3, 2, 3, 2), (32, 8, 4, 65535)]
+)
 def test_launch_configurations(monkeypatch, threads, tile, reg, max_blocks):
     """Block sizes below, around and above the batch give the same answer."""
     monkeypatch.setattr(_cuda, "THREADS", threads)
@@ -179,7 +187,9 @@ def test_launch_configurations(monkeypatch, threads, tile, reg, max_blocks):
     x = (rng.integers(-4, 5, size=(13, 5)) / 2).astype(np.float32)
     for metric in METRICS:
         got = sn.triplet_semihard_loss_and_grad(labels, x, distance_metric=metric, backend="cuda")
-        want = sn.triplet_semihard_loss_and_grad(labels, x, distance_metric=metric, backend="python")
+        want = sn.triplet_semihard_loss_and_grad(
+            labels, x, distance_metric=metric, backend="python"
+        )
         np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
 
@@ -195,11 +205,15 @@ def test_device_input_stays_on_the_device():
     loss = sn.triplet_semihard_loss(labels, x_dev, backend="cuda")
     assert isinstance(loss, np.float32)
     assert loss == sn.triplet_semihard_loss(labels, x, backend="cuda")
-    np.testing.assert_allclose(loss, sn.triplet_semihard_loss(labels, x, backend="python"), rtol=1e-6)
+    np.testing.assert_allclose(
+        loss, sn.triplet_semihard_loss(labels, x, backend="python"), rtol=1e-6
+    )
 
     mined = sn.mine_semihard(labels, x_dev, backend="cuda")
-    assert all(_cuda.is_device_array(getattr(mined, f)) for f in
-               ("anchor", "positive", "negative", "semihard", "loss"))
+    assert all(
+        _cuda.is_device_array(getattr(mined, f))
+        for f in ("anchor", "positive", "negative", "semihard", "loss")
+    )
     host = sn.mine_semihard(labels, x, backend="python")
     for field in ("anchor", "positive", "negative", "semihard"):
         np.testing.assert_array_equal(getattr(mined, field).copy_to_host(), getattr(host, field))
@@ -234,13 +248,17 @@ def test_mixed_host_and_device_labels():
     want = sn.triplet_semihard_loss(labels, x, backend="python")
     for lab in (labels, cuda.to_device(labels), cuda.to_device(labels.reshape(-1, 1))):
         for emb in (x, cuda.to_device(x)):
-            np.testing.assert_allclose(sn.triplet_semihard_loss(lab, emb, backend="cuda"), want, rtol=1e-6)
+            np.testing.assert_allclose(
+                sn.triplet_semihard_loss(lab, emb, backend="cuda"), want, rtol=1e-6
+            )
         # host backends copy device labels to the host
         np.testing.assert_allclose(sn.triplet_semihard_loss(lab, x, backend="cpu"), want, rtol=1e-6)
     # host backends copy device embeddings to the host too
     np.testing.assert_allclose(
-        sn.triplet_semihard_loss(cuda.to_device(labels), cuda.to_device(x), backend="numpy"), want,
-        rtol=1e-6)
+        sn.triplet_semihard_loss(cuda.to_device(labels), cuda.to_device(x), backend="numpy"),
+        want,
+        rtol=1e-6,
+    )
 
 
 def test_repeated_runs_are_bit_identical():
@@ -248,8 +266,10 @@ def test_repeated_runs_are_bit_identical():
     x_dev = cuda.to_device(x)
     losses = {sn.triplet_semihard_loss(labels, x_dev, backend="cuda").tobytes() for _ in range(3)}
     assert len(losses) == 1
-    grads = {sn.triplet_semihard_loss_and_grad(labels, x_dev, backend="cuda")[1].copy_to_host().tobytes()
-             for _ in range(2)}
+    grads = {
+        sn.triplet_semihard_loss_and_grad(labels, x_dev, backend="cuda")[1].copy_to_host().tobytes()
+        for _ in range(2)
+    }
     assert len(grads) == 1
 
 
@@ -261,7 +281,9 @@ def test_float16_is_computed_in_float32():
         assert loss.dtype == np.float16 and grad.dtype == np.float16
         grad = grad if isinstance(grad, np.ndarray) else grad.copy_to_host()
         np.testing.assert_allclose(loss, want[0], rtol=1e-3)
-        np.testing.assert_allclose(grad.astype(np.float32), want[1].astype(np.float32), rtol=1e-2, atol=1e-3)
+        np.testing.assert_allclose(
+            grad.astype(np.float32), want[1].astype(np.float32), rtol=1e-2, atol=1e-3
+        )
     mined = sn.mine_semihard(labels, cuda.to_device(x), backend="cuda")
     assert mined.loss.dtype == np.float32
 
@@ -269,7 +291,9 @@ def test_float16_is_computed_in_float32():
 @pytest.mark.parametrize("metric", METRICS)
 def test_float64(metric):
     labels, x = random_batch(B=14, dtype=np.float64, seed=5)
-    got = sn.triplet_semihard_loss_and_grad(labels, cuda.to_device(x), distance_metric=metric, backend="cuda")
+    got = sn.triplet_semihard_loss_and_grad(
+        labels, cuda.to_device(x), distance_metric=metric, backend="cuda"
+    )
     want = sn.triplet_semihard_loss_and_grad(labels, x, distance_metric=metric, backend="python")
     assert got[0].dtype == np.float64 and got[1].dtype == np.float64
     np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
@@ -284,8 +308,11 @@ def test_integer_and_strided_device_input():
     assert got.dtype == np.float64 and got == pytest.approx(want, rel=1e-12)
     wide = cuda.to_device(np.repeat(x, 2, axis=1))
     strided = wide[:, ::2]  # a non-contiguous view
-    np.testing.assert_allclose(sn.triplet_semihard_loss(labels, strided, backend="cuda"),
-                               sn.triplet_semihard_loss(labels, x[:, :], backend="python"), rtol=1e-6)
+    np.testing.assert_allclose(
+        sn.triplet_semihard_loss(labels, strided, backend="cuda"),
+        sn.triplet_semihard_loss(labels, x[:, :], backend="python"),
+        rtol=1e-6,
+    )
 
 
 def test_nonfinite_device_input_is_caught_on_the_device(monkeypatch):
@@ -307,7 +334,9 @@ def test_validation_of_device_input():
     with pytest.raises(ValueError, match="disagree on the batch size"):
         sn.triplet_semihard_loss(labels[:9], cuda.to_device(x), backend="cuda")
     with pytest.raises(ValueError, match="2-D"):
-        sn.triplet_semihard_loss(labels, cuda.to_device(np.ascontiguousarray(x[:, 0])), backend="cuda")
+        sn.triplet_semihard_loss(
+            labels, cuda.to_device(np.ascontiguousarray(x[:, 0])), backend="cuda"
+        )
     with pytest.raises(ValueError, match="margin must be finite"):
         sn.triplet_semihard_loss(labels, cuda.to_device(x), margin=np.inf, backend="cuda")
     with pytest.raises(ValueError, match="unknown distance_metric"):
@@ -327,13 +356,19 @@ def test_callable_metric_gets_and_returns_device_arrays():
     assert _cuda.is_device_array(seen[0])
     want = sn.mine_semihard(labels, x, distance_metric="L2", backend="python")
     np.testing.assert_array_equal(got.negative, want.negative)
-    np.testing.assert_allclose(sn.triplet_semihard_loss(labels, x, distance_metric=metric, backend="cuda"),
-                               sn.triplet_semihard_loss(labels, x, backend="python"), rtol=1e-6)
+    np.testing.assert_allclose(
+        sn.triplet_semihard_loss(labels, x, distance_metric=metric, backend="cuda"),
+        sn.triplet_semihard_loss(labels, x, backend="python"),
+        rtol=1e-6,
+    )
     with pytest.raises(ValueError, match=r"\(12, 12\) matrix"):
-        sn.triplet_semihard_loss(labels, x, distance_metric=lambda _: cuda.to_device(D[:5]), backend="cuda")
+        sn.triplet_semihard_loss(
+            labels, x, distance_metric=lambda _: cuda.to_device(D[:5]), backend="cuda"
+        )
     with pytest.raises(ValueError, match="NaN or infinite distances"):
-        sn.triplet_semihard_loss(labels, x, distance_metric=lambda _: cuda.to_device(D * np.nan),
-                                 backend="cuda")
+        sn.triplet_semihard_loss(
+            labels, x, distance_metric=lambda _: cuda.to_device(D * np.nan), backend="cuda"
+        )
 
 
 def test_no_positive_pair_and_single_class():

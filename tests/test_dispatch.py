@@ -45,7 +45,12 @@ def fake_gpu(monkeypatch):
 class FakeDeviceArray:
     """Quacks like a CuPy array for the detection rule only."""
 
-    __cuda_array_interface__ = {"shape": (12, 4), "typestr": "<f4", "data": (0, False), "version": 3}
+    __cuda_array_interface__ = {
+        "shape": (12, 4),
+        "typestr": "<f4",
+        "data": (0, False),
+        "version": 3,
+    }
 
 
 def test_importing_the_package_does_not_import_numba_cuda():
@@ -77,7 +82,9 @@ def test_auto_uses_the_gpu_from_the_crossover_on(fake_gpu, monkeypatch):
     monkeypatch.setenv(_dispatch.CUDA_MIN_BATCH_ENV, "12")
     assert _dispatch.resolve(labels, x, 1.0, "L2", "auto", True)[0] is fake
     assert sn.triplet_semihard_loss(labels, x) == np.float32(0.25)
-    assert isinstance(calls[0][1].x, np.ndarray) and np.array_equal(calls[0][1].x, x)  # a host batch
+    assert isinstance(calls[0][1].x, np.ndarray) and np.array_equal(
+        calls[0][1].x, x
+    )  # a host batch
     monkeypatch.setenv(_dispatch.CUDA_MIN_BATCH_ENV, "13")
     assert _dispatch.resolve(labels, x, 1.0, "L2", "auto", True)[0] is _cpu
 
@@ -91,7 +98,9 @@ def test_default_crossover(fake_gpu, monkeypatch):
     assert _dispatch.resolve(labels, x, 1.0, "L2", "auto", True)[0] is _cpu
 
 
-@pytest.mark.parametrize("value,expected", [("0", 0), ("1", 1), (" 2048 ", 2048), ("100000", 100000)])
+@pytest.mark.parametrize(
+    "value,expected", [("0", 0), ("1", 1), (" 2048 ", 2048), ("100000", 100000)]
+)
 def test_crossover_env_parsing(monkeypatch, value, expected):
     monkeypatch.setenv(_dispatch.CUDA_MIN_BATCH_ENV, value)
     assert _dispatch.cuda_min_batch() == expected
@@ -100,7 +109,9 @@ def test_crossover_env_parsing(monkeypatch, value, expected):
 @pytest.mark.parametrize("value", ["-1", "4k", "1e4", "2.5", "many"])
 def test_crossover_env_invalid(monkeypatch, value):
     monkeypatch.setenv(_dispatch.CUDA_MIN_BATCH_ENV, value)
-    with pytest.raises(ValueError, match="SEMIHARD_NUMBA_CUDA_MIN_BATCH must be a non-negative integer"):
+    with pytest.raises(
+        ValueError, match="SEMIHARD_NUMBA_CUDA_MIN_BATCH must be a non-negative integer"
+    ):
         _dispatch.cuda_min_batch()
     labels, x = batch()
     with pytest.raises(ValueError, match="SEMIHARD_NUMBA_CUDA_MIN_BATCH"):
@@ -160,7 +171,9 @@ def test_backends_report_with_gpu(fake_gpu):
 @pytest.mark.parametrize("name", ["gpu", "CPU", "", None, 3, "cuda "])
 def test_unknown_backend(name):
     labels, x = batch()
-    with pytest.raises(ValueError, match=r"unknown backend .*'auto', 'python', 'numpy', 'cpu', 'cuda'"):
+    with pytest.raises(
+        ValueError, match=r"unknown backend .*'auto', 'python', 'numpy', 'cpu', 'cuda'"
+    ):
         sn.triplet_semihard_loss(labels, x, backend=name)
 
 

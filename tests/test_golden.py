@@ -45,7 +45,9 @@ def test_gradient_matches_tensorflow_autodiff(case, backend):
 @pytest.mark.parametrize("backend", HOST_BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_mining_reproduces_the_loss(case, backend):
-    mined = sn.mine_semihard(case.labels, case.embeddings, case.margin, case.metric, backend=backend)
+    mined = sn.mine_semihard(
+        case.labels, case.embeddings, case.margin, case.metric, backend=backend
+    )
     expected = 0.0 if np.isnan(case.loss) else case.loss
     assert len(mined) == sum(
         (case.labels == a).sum() - 1 for a in case.labels

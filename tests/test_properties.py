@@ -46,7 +46,9 @@ def gradient_atol(x, metric):
 
 def assert_same_mining(mined, expected):
     for field in ("anchor", "positive", "negative", "semihard", "loss"):
-        np.testing.assert_array_equal(getattr(mined, field), getattr(expected, field), err_msg=field)
+        np.testing.assert_array_equal(
+            getattr(mined, field), getattr(expected, field), err_msg=field
+        )
 
 
 @given(batches())
@@ -55,16 +57,20 @@ def test_backends_agree_with_the_readable_loop(batch):
     rtol = 1e-6 if x.dtype == np.float32 else 1e-12
     expected = sn.triplet_semihard_loss(labels, x, margin, metric, backend="python")
     expected_mined = sn.mine_semihard(labels, x, margin, metric, backend="python")
-    expected_grad = sn.triplet_semihard_loss_and_grad(labels, x, margin, metric, backend="python")[1]
+    expected_grad = sn.triplet_semihard_loss_and_grad(labels, x, margin, metric, backend="python")[
+        1
+    ]
     for backend in ("numpy", "cpu"):
         loss = sn.triplet_semihard_loss(labels, x, margin, metric, backend=backend)
         assert loss.dtype == x.dtype
         np.testing.assert_allclose(loss, expected, rtol=rtol, atol=1e-7, err_msg=backend)
-        assert_same_mining(sn.mine_semihard(labels, x, margin, metric, backend=backend),
-                           expected_mined)
+        assert_same_mining(
+            sn.mine_semihard(labels, x, margin, metric, backend=backend), expected_mined
+        )
         _, grad = sn.triplet_semihard_loss_and_grad(labels, x, margin, metric, backend=backend)
-        np.testing.assert_allclose(grad, expected_grad, rtol=1e-4,
-                                   atol=gradient_atol(x, metric), err_msg=backend)
+        np.testing.assert_allclose(
+            grad, expected_grad, rtol=1e-4, atol=gradient_atol(x, metric), err_msg=backend
+        )
 
 
 @given(batches(max_batch=40))
@@ -145,7 +151,8 @@ def test_a_callable_metric_with_negative_values_agrees_too(batch):
 
     expected = sn.mine_semihard(labels, x, margin, negative_dot, backend="python")
     for backend in ("numpy", "cpu"):
-        assert_same_mining(sn.mine_semihard(labels, x, margin, negative_dot, backend=backend),
-                           expected)
+        assert_same_mining(
+            sn.mine_semihard(labels, x, margin, negative_dot, backend=backend), expected
+        )
     b = host_batch(labels, x, margin, negative_dot)
     assert _cpu.loss(b, 10**9) == _cpu.loss(b, 0)  # linear and sorted search

@@ -27,6 +27,9 @@ SORT_MIN_POSITIVES = 16
 
 NONE = np.uint64(0xFFFFFFFFFFFFFFFF)  # larger than the sort key of any float
 
+# The loss's bucketed search gives way to sorting when a bucket holds more negatives than this.
+BUCKET_MAX = 16
+
 # Smaller batches run on one thread: right after NumPy's BLAS product its threads still spin, and
 # waking Numba's threads beside them cost ~8 ms here, far more than the kernel itself below this.
 SERIAL_MAX_BATCH = 1024
@@ -123,6 +126,63 @@ def _negative_distances(row, bits, codes, a, positives, negatives_sorted, d_an, 
 
 
 @njit(cache=CACHE)
+def _bucketed_negative_distances(row, codes, a, positives, n_negatives, d_an, semihard):
+    """For the loss alone, the sorted search without the sort. a's negatives are dealt into one
+    bucket per negative, spread evenly over their range; the bucket of a distance never decreases
+    as it grows, so a positive's semi-hard negative is in its own bucket, or else it is the smallest
+    negative of the next non-empty one. Fills d_an and semihard as _negative_distances does and
+    returns True; returns False, doing nothing, if a bucket holds more than BUCKET_MAX negatives
+    (ties, clumps), where sorting is safer."""
+    B = row.shape[0]
+    n_lo = -1
+    n_hi = -1
+    for n in range(B):
+        if codes[n] != codes[a]:
+            if n_lo == -1 or row[n] < row[n_lo]:
+                n_lo = n
+            if n_hi == -1 or row[n] > row[n_hi]:
+                n_hi = n
+    lo = np.float64(row[n_lo])
+    span = np.float64(row[n_hi]) - lo
+    scale = n_negatives / span if span > 0 else 0.0
+    start = np.zeros(n_negatives + 1, dtype=np.int64)
+    for n in range(B):
+        if codes[n] != codes[a]:
+            start[min(np.int64((row[n] - lo) * scale), n_negatives - 1) + 1] += 1
+    for b in range(n_negatives):
+        if start[b + 1] > BUCKET_MAX:
+            return False
+        start[b + 1] += start[b]
+    values = np.empty(n_negatives, dtype=row.dtype)
+    fill = start[:-1].copy()
+    for n in range(B):
+        if codes[n] != codes[a]:
+            b = min(np.int64((row[n] - lo) * scale), n_negatives - 1)
+            values[fill[b]] = row[n]
+            fill[b] += 1
+    after = np.empty(n_negatives, dtype=row.dtype)  # smallest negative of the buckets after b
+    smallest = row[n_hi]
+    for b in range(n_negatives - 1, -1, -1):
+        after[b] = smallest
+        for i in range(start[b], start[b + 1]):
+            smallest = min(smallest, values[i])
+    for k, p in enumerate(positives):
+        semihard[k] = row[p] < row[n_hi]
+        if not semihard[k]:
+            d_an[k] = row[n_hi]  # the easiest negative
+        elif row[p] < row[n_lo]:
+            d_an[k] = row[n_lo]
+        else:
+            b = min(np.int64((row[p] - lo) * scale), n_negatives - 1)
+            best = after[b]
+            for i in range(start[b], start[b + 1]):
+                if values[i] > row[p] and values[i] < best:
+                    best = values[i]
+            d_an[k] = best
+    return True
+
+
+@njit(cache=CACHE)
 def _class_members(codes):
     """Members of each class in increasing index order: members[start[c]:start[c + 1]]."""
     members = np.argsort(codes, kind="mergesort")
@@ -133,11 +193,12 @@ def _class_members(codes):
 
 
 @njit(cache=CACHE)
-def _mine_anchor(G, G_bits, sq, codes, a, metric, members, start, sort_min_positives):
+def _mine_anchor(G, G_bits, sq, codes, a, metric, members, start, sort_min_positives, loss_only):
     """Everything the kernels share for anchor a: turn row a of G into distances, then choose the
     negative of each positive. Returns (positives, order, values, d_an, semihard, chosen); order
     and values are a's negatives sorted by distance when the sorted search was used, else empty.
-    chosen: see _negative_distances."""
+    chosen: see _negative_distances; with loss_only, d_an may come from the bucketed search and
+    then order, values and chosen are not filled."""
     row = G[a]
     _to_distance_row(row, sq, a, metric)
     same = members[start[codes[a]] : start[codes[a] + 1]]
@@ -150,11 +211,15 @@ def _mine_anchor(G, G_bits, sq, codes, a, metric, members, start, sort_min_posit
     n_negatives = row.shape[0] - same.shape[0]
     order = positives[:0]
     values = row[:0]
-    if positives.shape[0] >= sort_min_positives and n_negatives > 0:
-        order, values = _sorted_negatives(row, G_bits[a], codes, a, n_negatives)
     d_an = np.empty(positives.shape[0], dtype=row.dtype)
     semihard = np.empty(positives.shape[0], dtype=np.bool_)
     chosen = np.empty(positives.shape[0], dtype=np.int64)
+    if positives.shape[0] >= sort_min_positives and n_negatives > 0:
+        if loss_only and _bucketed_negative_distances(
+            row, codes, a, positives, n_negatives, d_an, semihard
+        ):
+            return positives, order, values, d_an, semihard, chosen
+        order, values = _sorted_negatives(row, G_bits[a], codes, a, n_negatives)
     _negative_distances(row, G_bits[a], codes, a, positives, values, d_an, semihard, chosen)
     return positives, order, values, d_an, semihard, chosen
 
@@ -201,7 +266,7 @@ def _anchor_losses(codes, G, G_bits, sq, metric, margin, sort_min_positives, wan
     out = np.zeros(B)
     for a in prange(B):
         positives, order, values, d_an, _, chosen = _mine_anchor(
-            G, G_bits, sq, codes, a, metric, members, start, sort_min_positives
+            G, G_bits, sq, codes, a, metric, members, start, sort_min_positives, not want_grad
         )
         row = G[a]
         has_negative = positives.shape[0] + 1 < B
@@ -253,7 +318,7 @@ def _mine_pairs(
         offset[a + 1] = offset[a] + start[codes[a] + 1] - start[codes[a]] - 1
     for a in prange(B):
         positives, order, values, d_an, semihard, chosen = _mine_anchor(
-            G, G_bits, sq, codes, a, metric, members, start, sort_min_positives
+            G, G_bits, sq, codes, a, metric, members, start, sort_min_positives, False
         )
         row = G[a]
         has_negative = positives.shape[0] + 1 < B

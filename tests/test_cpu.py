@@ -87,3 +87,17 @@ def test_radix_argsort_orders_floats_like_numpy(dtype, uint):
     np.testing.assert_array_equal(values[order], np.sort(values))
     ones = np.flatnonzero(values == 1.0)
     assert (order[np.isin(order, ones)] == ones).all()  # stable: ties keep their index order
+
+
+@pytest.mark.parametrize("negatives", ["spread", "clumped"])  # bucketed search / its fallback
+def test_large_class_loss_search_matches_the_linear_scan(negatives):
+    from semihard_numba._inputs import host_batch
+
+    rng = np.random.default_rng(5)
+    labels = np.repeat([0, 1], 60)
+    x = rng.standard_normal((120, 6))
+    if negatives == "clumped":  # class 1 on three points: buckets far fuller than BUCKET_MAX
+        x[60:] = x[60:63][rng.integers(0, 3, 60)]
+    batch = host_batch(labels, x.astype(np.float32), 0.5, "L2")
+    linear, searched = _cpu.loss(batch, 10**9), _cpu.loss(batch, 16)
+    assert searched == linear and linear > 0

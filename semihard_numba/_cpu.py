@@ -145,21 +145,26 @@ def _bucketed_negative_distances(row, codes, a, positives, n_negatives, d_an, se
     lo = np.float64(row[n_lo])
     span = np.float64(row[n_hi]) - lo
     scale = n_negatives / span if span > 0 else 0.0
+    bucket_of = np.empty(n_negatives, dtype=np.int64)
+    value_of = np.empty(n_negatives, dtype=row.dtype)
     start = np.zeros(n_negatives + 1, dtype=np.int64)
+    j = 0
     for n in range(B):
         if codes[n] != codes[a]:
-            start[min(np.int64((row[n] - lo) * scale), n_negatives - 1) + 1] += 1
+            b = min(np.int64((row[n] - lo) * scale), n_negatives - 1)
+            bucket_of[j] = b
+            value_of[j] = row[n]
+            start[b + 1] += 1
+            j += 1
     for b in range(n_negatives):
         if start[b + 1] > BUCKET_MAX:
             return False
         start[b + 1] += start[b]
     values = np.empty(n_negatives, dtype=row.dtype)
     fill = start[:-1].copy()
-    for n in range(B):
-        if codes[n] != codes[a]:
-            b = min(np.int64((row[n] - lo) * scale), n_negatives - 1)
-            values[fill[b]] = row[n]
-            fill[b] += 1
+    for j in range(n_negatives):
+        values[fill[bucket_of[j]]] = value_of[j]
+        fill[bucket_of[j]] += 1
     after = np.empty(n_negatives, dtype=row.dtype)  # smallest negative of the buckets after b
     smallest = row[n_hi]
     for b in range(n_negatives - 1, -1, -1):

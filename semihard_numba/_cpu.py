@@ -6,8 +6,11 @@ avoided); each anchor then turns its own row into distances in place and runs th
 same row. Each anchor's sum goes to its own slot and the slots are added in a fixed order, so the
 result does not depend on the number of threads.
 
-An anchor with many positives sorts its negatives' distances once and finds each positive's
-semi-hard negative by binary search (O(N log N) instead of O(P N)); the answer is the same.
+Few positives scan the row linearly, comparing distances as order-preserving integers (which
+vectorize). An anchor with many positives avoids the O(P N) scan: for the loss alone it deals its
+negatives into buckets by distance and looks each positive up in its bucket; mining and the
+gradient, which need indices and ties, radix-sort the negatives and search them by bisection.
+Every path gives the same numbers (tests/test_properties.py).
 """
 
 from contextlib import contextmanager

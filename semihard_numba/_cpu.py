@@ -23,7 +23,7 @@ from ._cache import CACHE
 from ._distances import l2_normalize, normalize_backward, pre_distance_backward, squared_norms
 from ._inputs import check_distance_matrix
 from ._mining import MiningResult
-from ._radix_sort import radix_argsort, sort_key
+from ._radix_sort import radix_argsort, sign_bit, sort_key
 
 # An anchor with at least this many positives searches sorted negatives instead of scanning them.
 SORT_MIN_POSITIVES = 16
@@ -105,7 +105,7 @@ def _negative_distances(row, bits, codes, a, positives, negatives_sorted, d_an, 
         return
     # Distances compared as order-preserving unsigned integers (`sort_key`): integer minima
     # vectorize, float minima do not without fast-math. NONE marks "not a negative".
-    sign = np.uint64(1) << np.uint64(bits.itemsize * 8 - 1)
+    sign = sign_bit(bits)
     keys = np.empty(B, dtype=np.uint64)
     far = np.uint64(0)  # the easiest negative, used if no semi-hard negative is found
     for n in range(B):

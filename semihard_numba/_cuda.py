@@ -610,9 +610,9 @@ def _callable_distances(metric, x):
     """Run a callable metric on the device array x; validate and copy what it returns."""
     D = metric(x)
     B = x.shape[0]
-    if isinstance(D, np.ndarray):  # tolerated: validated, then copied to the device
-        D = cuda.to_device(check_distance_matrix(D, B, np.dtype(x.dtype)))
-    elif is_device_array(D):
+    if isinstance(D, np.ndarray):  # tolerated: validated on the host, then copied to the device
+        return cuda.to_device(check_distance_matrix(D, B, np.dtype(x.dtype)))
+    if is_device_array(D):
         D = as_device(D)
     else:
         raise TypeError(

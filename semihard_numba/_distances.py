@@ -19,10 +19,15 @@ def squared_norms(x):
     return np.einsum("ij,ij->i", x, x)
 
 
+def _inverse_norms(x):
+    """(|x_i|^2, rsqrt(max(|x_i|^2, 1e-12))) per row, as tf.math.l2_normalize computes them."""
+    sq = squared_norms(x)
+    return sq, 1 / np.sqrt(np.maximum(sq, x.dtype.type(L2_NORMALIZE_EPSILON)))
+
+
 def l2_normalize(x):
     """tf.math.l2_normalize(x, axis=1): x * rsqrt(max(|x|^2, 1e-12))."""
-    sq = squared_norms(x)
-    return x * (1 / np.sqrt(np.maximum(sq, x.dtype.type(L2_NORMALIZE_EPSILON))))[:, None]
+    return x * _inverse_norms(x)[1][:, None]
 
 
 def pairwise_distances(x, metric):
@@ -67,9 +72,8 @@ def pre_distance_backward(x, dP, metric):
 def normalize_backward(x, grad_n):
     """dL/dx from dL/dn, n = x * r, r = rsqrt(max(|x|^2, eps)): dn/dx = r (I - n n^T), and only
     r I where the max clamps."""
-    n = l2_normalize(x)
-    sq = squared_norms(x)
-    r = 1 / np.sqrt(np.maximum(sq, x.dtype.type(L2_NORMALIZE_EPSILON)))
+    sq, r = _inverse_norms(x)
+    n = x * r[:, None]
     radial = np.where(sq >= L2_NORMALIZE_EPSILON, np.einsum("ij,ij->i", grad_n, n), 0)
     return (grad_n - radial[:, None] * n) * r[:, None]
 

@@ -11,6 +11,12 @@ from ._cache import CACHE
 
 
 @njit(cache=CACHE)
+def sign_bit(bits):
+    """The sign bit of the floats whose bit patterns `bits` holds, as a uint64."""
+    return np.uint64(1) << np.uint64(8 * bits.itemsize - 1)
+
+
+@njit(cache=CACHE)
 def sort_key(bits, sign):
     """An unsigned integer with the same order as the float whose bit pattern is `bits` (IEEE 754:
     set the sign bit of non-negatives, flip every bit of negatives; -0.0 counts as +0.0)."""
@@ -27,7 +33,7 @@ def radix_argsort(bits, index):
     every key costs nothing (distances of similar size share their sign and exponent bytes)."""
     n = index.shape[0]
     width = bits.itemsize
-    sign = np.uint64(1) << np.uint64(8 * width - 1)
+    sign = sign_bit(bits)
     keys = np.empty(n, dtype=np.uint64)
     for i in range(n):
         keys[i] = sort_key(bits[index[i]], sign)

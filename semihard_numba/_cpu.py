@@ -66,25 +66,70 @@ def _to_distance_row(row, sq, a, metric):
 
 
 @njit(cache=CACHE)
-def _sorted_negatives(row, bits, codes, a, n_negatives):
-    """a's negatives in order of increasing distance (ties by index) and their distances."""
-    order = np.empty(n_negatives, dtype=np.int64)
-    j = 0
-    for n in range(row.shape[0]):
-        if codes[n] != codes[a]:
-            order[j] = n
-            j += 1
-    order = radix_argsort(bits, order)
-    return order, row[order]
+def _bucket(value, lo, scale, n_buckets):
+    """The bucket of a distance: never decreases as the distance grows (all in float64, clamped
+    before the conversion to an integer), so equal distances share a bucket."""
+    t = (np.float64(value) - lo) * scale
+    return np.int64(min(max(t, 0.0), n_buckets - 1.0))
 
 
 @njit(cache=CACHE)
-def _negative_distances(row, bits, codes, a, positives, negatives_sorted, d_an, semihard, chosen):
+def _sorted_negatives(row, bits, codes, a, n_negatives):
+    """a's negatives in order of increasing distance (ties by index), their distances, and where
+    each bucket starts among them (see `_bucket`; empty if the radix sort was used instead).
+
+    A bucket sort: one bucket per negative, spread evenly over their range, dealt in index order
+    and finished by an insertion sort that never crosses a bucket boundary. Where a bucket would
+    hold more than BUCKET_MAX negatives (clumps of distances), a radix sort is safer."""
+    negatives = np.empty(n_negatives, dtype=np.int64)
+    j = 0
+    for n in range(row.shape[0]):
+        if codes[n] != codes[a]:
+            negatives[j] = n
+            j += 1
+    distances = row[negatives]
+    lo = np.float64(distances.min())
+    span = np.float64(distances.max()) - lo
+    scale = n_negatives / span if span > 0 else 0.0
+    bucket = np.empty(n_negatives, dtype=np.int64)
+    start = np.zeros(n_negatives + 1, dtype=np.int64)
+    for j in range(n_negatives):
+        bucket[j] = _bucket(distances[j], lo, scale, n_negatives)
+        start[bucket[j] + 1] += 1
+    for b in range(n_negatives):
+        if start[b + 1] > BUCKET_MAX:
+            order = radix_argsort(bits, negatives)
+            return order, row[order], start[:0], lo, scale
+        start[b + 1] += start[b]
+    order = np.empty(n_negatives, dtype=np.int64)
+    values = np.empty(n_negatives, dtype=row.dtype)
+    fill = start[:-1].copy()
+    for j in range(n_negatives):
+        order[fill[bucket[j]]] = negatives[j]
+        values[fill[bucket[j]]] = distances[j]
+        fill[bucket[j]] += 1
+    largest = values[0]  # of those sorted so far; a bucket's values are below the next bucket's
+    for i in range(1, n_negatives):
+        value = values[i]
+        if value >= largest:  # most often: in place already
+            largest = value
+            continue
+        index, k = order[i], i
+        while k > 0 and values[k - 1] > value:  # strict: ties keep their index order
+            values[k], order[k] = values[k - 1], order[k - 1]
+            k -= 1
+        values[k], order[k] = value, index
+    return order, values, start, lo, scale
+
+
+@njit(cache=CACHE)
+def _negative_distances(row, bits, codes, a, positives, sorted_negatives, d_an, semihard, chosen):
     """The post's loop for one anchor: for each positive positives[k] the distance to TFA's
     negative, written to d_an[k], whether it was semi-hard, to semihard[k], and where it is, to
-    chosen[k]: its index in the row, or with `negatives_sorted` (a's negative distances in
-    increasing order; empty for a linear scan) its position there. Ties: the first one.
-    `bits` is the row's memory viewed as unsigned integers."""
+    chosen[k]: its index in the row, or with `sorted_negatives` (the output of _sorted_negatives
+    but the order; empty distances for a linear scan) its position among them. Ties: the first
+    one. `bits` is the row's memory viewed as unsigned integers."""
+    negatives_sorted, start, lo, scale = sorted_negatives
     B = row.shape[0]
     n_negatives = B - positives.shape[0] - 1
     if n_negatives == 0:  # no negative at all: TFA's masked maximum is the row's minimum
@@ -98,7 +143,13 @@ def _negative_distances(row, bits, codes, a, positives, negatives_sorted, d_an, 
         while far > 0 and negatives_sorted[far - 1] == negatives_sorted[n_negatives - 1]:
             far -= 1
         for k, p in enumerate(positives):
-            i = np.searchsorted(negatives_sorted, row[p], side="right")  # first one farther than p
+            if start.shape[0] > 0:  # the first one farther than p: in p's bucket, or next
+                b = _bucket(row[p], lo, scale, n_negatives)
+                i = start[b]
+                while i < start[b + 1] and negatives_sorted[i] <= row[p]:
+                    i += 1
+            else:
+                i = np.searchsorted(negatives_sorted, row[p], side="right")
             semihard[k] = i < n_negatives
             chosen[k] = i if i < n_negatives else far
             d_an[k] = negatives_sorted[chosen[k]]
@@ -154,7 +205,7 @@ def _bucketed_negative_distances(row, codes, a, positives, n_negatives, d_an, se
     j = 0
     for n in range(B):
         if codes[n] != codes[a]:
-            b = min(np.int64((row[n] - lo) * scale), n_negatives - 1)
+            b = _bucket(row[n], lo, scale, n_negatives)
             bucket_of[j] = b
             value_of[j] = row[n]
             start[b + 1] += 1
@@ -181,7 +232,7 @@ def _bucketed_negative_distances(row, codes, a, positives, n_negatives, d_an, se
         elif row[p] < row[n_lo]:
             d_an[k] = row[n_lo]
         else:
-            b = min(np.int64((row[p] - lo) * scale), n_negatives - 1)
+            b = _bucket(row[p], lo, scale, n_negatives)
             best = after[b]
             for i in range(start[b], start[b + 1]):
                 if values[i] > row[p] and values[i] < best:
@@ -219,6 +270,8 @@ def _mine_anchor(G, G_bits, sq, codes, a, metric, members, start, sort_min_posit
     n_negatives = row.shape[0] - same.shape[0]
     order = positives[:0]
     values = row[:0]
+    bucket_start = positives[:0]
+    lo = scale = 0.0
     d_an = np.empty(positives.shape[0], dtype=row.dtype)
     semihard = np.empty(positives.shape[0], dtype=np.bool_)
     chosen = np.empty(positives.shape[0], dtype=np.int64)
@@ -227,8 +280,11 @@ def _mine_anchor(G, G_bits, sq, codes, a, metric, members, start, sort_min_posit
             row, codes, a, positives, n_negatives, d_an, semihard
         ):
             return positives, order, values, d_an, semihard, chosen
-        order, values = _sorted_negatives(row, G_bits[a], codes, a, n_negatives)
-    _negative_distances(row, G_bits[a], codes, a, positives, values, d_an, semihard, chosen)
+        order, values, bucket_start, lo, scale = _sorted_negatives(
+            row, G_bits[a], codes, a, n_negatives
+        )
+    sorted_negatives = (values, bucket_start, lo, scale)
+    _negative_distances(row, G_bits[a], codes, a, positives, sorted_negatives, d_an, semihard, chosen)
     return positives, order, values, d_an, semihard, chosen
 
 
@@ -240,17 +296,16 @@ def _is_candidate(codes, a, n, has_negative):
 
 
 @njit(cache=CACHE)
-def _ties(row, codes, a, has_negative, order, values, chosen):
-    """(first index, number) of the candidates at exactly the distance of the chosen negative."""
-    count = 1
-    if order.shape[0] > 0:  # ties follow `chosen` in sorted order
-        while chosen + count < values.shape[0] and values[chosen + count] == values[chosen]:
-            count += 1
-        return order[chosen], count
-    for n in range(chosen + 1, row.shape[0]):  # ties follow `chosen` in the row
+def _share_among_ties(grad_row, row, codes, a, has_negative, chosen, amount):
+    """Subtract `amount` from grad_row, shared equally among the candidates at exactly the distance
+    of row[chosen], the first of them in the row (the linear search's ties)."""
+    count = 0
+    for n in range(chosen, row.shape[0]):
+        count += row[n] == row[chosen] and _is_candidate(codes, a, n, has_negative)
+    share = amount / count
+    for n in range(chosen, row.shape[0]):
         if row[n] == row[chosen] and _is_candidate(codes, a, n, has_negative):
-            count += 1
-    return chosen, count
+            grad_row[n] -= share
 
 
 @njit(cache=CACHE)
@@ -287,15 +342,16 @@ def _anchor_losses(codes, G, G_bits, sq, metric, margin, sort_min_positives, wan
             if want_grad and l >= 0:  # on the hinge TF's maximum still passes gradient
                 grad_row[p] += inv_pairs  # dL/dD
                 # negatives tied at the chosen distance share its gradient equally
-                first, count = _ties(row, codes, a, has_negative, order, values, chosen[k])
-                share = inv_pairs / count
-                if order.shape[0] > 0:
-                    for i in range(chosen[k], chosen[k] + count):
+                if order.shape[0] > 0:  # sorted: they follow it (inline: a call costs ~15 ns)
+                    c = chosen[k]
+                    end = c + 1
+                    while end < values.shape[0] and values[end] == values[c]:
+                        end += 1
+                    share = inv_pairs / (end - c)
+                    for i in range(c, end):
                         grad_row[order[i]] -= share
                 else:
-                    for n in range(first, B):
-                        if row[n] == d_an[k] and _is_candidate(codes, a, n, has_negative):
-                            grad_row[n] -= share
+                    _share_among_ties(grad_row, row, codes, a, has_negative, chosen[k], inv_pairs)
         out[a] = total
         if want_grad:  # dL/dP = dL/dD * dD/dP, one vectorizable pass instead of a division per pair
             for n in range(B):

@@ -89,8 +89,8 @@ def test_radix_argsort_orders_floats_like_numpy(dtype, uint):
     assert (order[np.isin(order, ones)] == ones).all()  # stable: ties keep their index order
 
 
-@pytest.mark.parametrize("negatives", ["spread", "clumped"])  # bucketed search / its fallback
-def test_large_class_loss_search_matches_the_linear_scan(negatives):
+@pytest.mark.parametrize("negatives", ["spread", "clumped"])  # bucketed searches / radix fallback
+def test_large_class_searches_match_the_linear_scan(negatives):
     from semihard_numba._inputs import host_batch
 
     rng = np.random.default_rng(5)
@@ -99,5 +99,42 @@ def test_large_class_loss_search_matches_the_linear_scan(negatives):
     if negatives == "clumped":  # class 1 on three points: buckets far fuller than BUCKET_MAX
         x[60:] = x[60:63][rng.integers(0, 3, 60)]
     batch = host_batch(labels, x.astype(np.float32), 0.5, "L2")
-    linear, searched = _cpu.loss(batch, 10**9), _cpu.loss(batch, 16)
-    assert searched == linear and linear > 0
+    linear, searched = 10**9, 16  # sort_min_positives
+    assert _cpu.loss(batch, searched) == _cpu.loss(batch, linear) > 0
+    loss_s, grad_s = _cpu.loss_and_grad(batch, searched)
+    loss_l, grad_l = _cpu.loss_and_grad(batch, linear)
+    assert loss_s == loss_l
+    np.testing.assert_array_equal(grad_s, grad_l)
+    for field in ("negative", "semihard", "loss"):
+        np.testing.assert_array_equal(
+            getattr(_cpu.mine(batch, searched), field), getattr(_cpu.mine(batch, linear), field)
+        )
+
+
+@pytest.mark.parametrize("dtype, uint", [(np.float32, np.uint32), (np.float64, np.uint64)])
+@pytest.mark.parametrize("distances", ["spread", "ties", "negative", "clumped", "all equal"])
+def test_sorted_negatives_are_a_stable_sort_with_a_consistent_bucket_table(distances, dtype, uint):
+    rng = np.random.default_rng(7)
+    B = 400
+    row = {
+        "spread": lambda: rng.gamma(4.0, size=B),
+        "ties": lambda: rng.integers(0, 150, B) / 7.0,  # a few per value: buckets still small
+        "negative": lambda: rng.standard_normal(B) - 3,  # a callable metric may give these
+        "clumped": lambda: rng.integers(0, 3, B) + 1e-3 * rng.random(B),  # radix fallback
+        "all equal": lambda: np.full(B, 0.5),
+    }[distances]().astype(dtype)
+    codes = rng.integers(0, 3, B)
+    a = 0
+    negatives = np.flatnonzero(codes != codes[a])
+    order, values, start, lo, scale = _cpu._sorted_negatives(
+        row, row.view(uint), codes, a, len(negatives)
+    )
+    np.testing.assert_array_equal(order, negatives[np.argsort(row[negatives], kind="stable")])
+    np.testing.assert_array_equal(values, row[order])
+    assert (len(start) == 0) == (distances in ("clumped", "all equal"))
+    if len(start):  # bucket b holds values[start[b]:start[b + 1]]: check every one
+        for b in range(len(negatives)):
+            assert all(
+                _cpu._bucket(v, lo, scale, len(negatives)) == b
+                for v in values[start[b] : start[b + 1]]
+            )

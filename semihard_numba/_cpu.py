@@ -1,17 +1,15 @@
 """Backend "cpu": the post's loop compiled with Numba, parallel over anchors.
 
 The distance matrix starts as the Gram matrix x @ x.T from NumPy's BLAS (the one cost that cannot be
-avoided); each anchor then turns its own row into distances in place and runs the post's loop over
-(positive, negative) on it. Nothing else of size B x B is allocated, and no two threads touch the
-same row. Each anchor's sum goes to its own slot and the slots are added in a fixed order, so the
-result does not depend on the number of threads.
+avoided; `gram`); each anchor then turns its own row into distances in place and runs the post's
+loop over (positive, negative) on it. Nothing else of size B x B is allocated, and no two threads
+touch the same row. Each anchor's sum goes to its own slot and the slots are added in a fixed order,
+so the result does not depend on the number of threads.
 
 Few positives scan the row linearly, comparing distances as order-preserving integers (which
-vectorize). An anchor with many positives avoids the O(P N) scan: for the loss alone it deals its
-negatives into buckets by distance and looks each positive up in its bucket; mining and the
-gradient, which need indices and ties, radix-sort the negatives and search them by bisection.
-Every path gives the same numbers (tests/test_properties.py).
-"""
+vectorize). An anchor with many positives avoids the O(P N) scan: it bucket-sorts its negatives by
+distance and looks each positive up in its own bucket (a radix sort and bisection take over where
+distances clump). Both paths give the same numbers (tests/test_properties.py)."""
 
 from contextlib import contextmanager
 
@@ -20,7 +18,13 @@ import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
-from ._distances import l2_normalize, normalize_backward, pre_distance_backward, squared_norms
+from ._distances import (
+    gram,
+    l2_normalize,
+    normalize_backward,
+    pre_distance_backward,
+    squared_norms,
+)
 from ._inputs import check_distance_matrix
 from ._mining import MiningResult
 from ._radix_sort import radix_argsort, sign_bit, sort_key
@@ -32,6 +36,7 @@ NONE = np.uint64(0xFFFFFFFFFFFFFFFF)  # larger than the sort key of any float
 
 # The loss's bucketed search gives way to sorting when a bucket holds more negatives than this.
 BUCKET_MAX = 16
+BUCKETS_PER_NEGATIVE = 2
 
 # Smaller batches run on one thread: right after NumPy's BLAS product its threads still spin, and
 # waking Numba's threads beside them cost ~8 ms here, far more than the kernel itself below this.
@@ -74,13 +79,12 @@ def _bucket(value, lo, scale, n_buckets):
 
 
 @njit(cache=CACHE)
-def _sorted_negatives(row, bits, codes, a, n_negatives):
-    """a's negatives in order of increasing distance (ties by index), their distances, and where
-    each bucket starts among them (see `_bucket`; empty if the radix sort was used instead).
-
-    A bucket sort: one bucket per negative, spread evenly over their range, dealt in index order
-    and finished by an insertion sort that never crosses a bucket boundary. Where a bucket would
-    hold more than BUCKET_MAX negatives (clumps of distances), a radix sort is safer."""
+def _deal_into_buckets(row, codes, a, n_negatives):
+    """a's negatives dealt into BUCKETS_PER_NEGATIVE buckets per negative, spread evenly over their
+    range (see `_bucket`), in index order within a bucket: (order, values, start, lo, scale) with
+    bucket b holding the negatives order[start[b]:start[b + 1]], at distances values[...]. Where a
+    bucket would hold more than BUCKET_MAX negatives (clumps of distances), start is empty and order
+    lists the negatives in index order."""
     negatives = np.empty(n_negatives, dtype=np.int64)
     j = 0
     for n in range(row.shape[0]):
@@ -90,16 +94,16 @@ def _sorted_negatives(row, bits, codes, a, n_negatives):
     distances = row[negatives]
     lo = np.float64(distances.min())
     span = np.float64(distances.max()) - lo
-    scale = n_negatives / span if span > 0 else 0.0
+    n_buckets = BUCKETS_PER_NEGATIVE * n_negatives
+    scale = n_buckets / span if span > 0 else 0.0
     bucket = np.empty(n_negatives, dtype=np.int64)
-    start = np.zeros(n_negatives + 1, dtype=np.int64)
+    start = np.zeros(n_buckets + 1, dtype=np.int64)
     for j in range(n_negatives):
-        bucket[j] = _bucket(distances[j], lo, scale, n_negatives)
+        bucket[j] = _bucket(distances[j], lo, scale, n_buckets)
         start[bucket[j] + 1] += 1
-    for b in range(n_negatives):
+    for b in range(n_buckets):
         if start[b + 1] > BUCKET_MAX:
-            order = radix_argsort(bits, negatives)
-            return order, row[order], start[:0], lo, scale
+            return negatives, distances, start[:0], lo, scale
         start[b + 1] += start[b]
     order = np.empty(n_negatives, dtype=np.int64)
     values = np.empty(n_negatives, dtype=row.dtype)
@@ -108,6 +112,18 @@ def _sorted_negatives(row, bits, codes, a, n_negatives):
         order[fill[bucket[j]]] = negatives[j]
         values[fill[bucket[j]]] = distances[j]
         fill[bucket[j]] += 1
+    return order, values, start, lo, scale
+
+
+@njit(cache=CACHE)
+def _sorted_negatives(row, bits, codes, a, n_negatives):
+    """a's negatives in order of increasing distance (ties by index), their distances, and where
+    each bucket starts among them (`_deal_into_buckets`; empty if a radix sort was used instead).
+    A bucket sort: deal, then an insertion sort that never crosses a bucket boundary."""
+    order, values, start, lo, scale = _deal_into_buckets(row, codes, a, n_negatives)
+    if start.shape[0] == 0:
+        order = radix_argsort(bits, order)
+        return order, row[order], start, lo, scale
     largest = values[0]  # of those sorted so far; a bucket's values are below the next bucket's
     for i in range(1, n_negatives):
         value = values[i]
@@ -144,7 +160,7 @@ def _negative_distances(row, bits, codes, a, positives, sorted_negatives, d_an, 
             far -= 1
         for k, p in enumerate(positives):
             if start.shape[0] > 0:  # the first one farther than p: in p's bucket, or next
-                b = _bucket(row[p], lo, scale, n_negatives)
+                b = _bucket(row[p], lo, scale, start.shape[0] - 1)
                 i = start[b]
                 while i < start[b + 1] and negatives_sorted[i] <= row[p]:
                     i += 1
@@ -180,68 +196,6 @@ def _negative_distances(row, bits, codes, a, positives, sorted_negatives, d_an, 
 
 
 @njit(cache=CACHE)
-def _bucketed_negative_distances(row, codes, a, positives, n_negatives, d_an, semihard):
-    """For the loss alone, the sorted search without the sort. a's negatives are dealt into one
-    bucket per negative, spread evenly over their range; the bucket of a distance never decreases
-    as it grows, so a positive's semi-hard negative is in its own bucket, or else it is the smallest
-    negative of the next non-empty one. Fills d_an and semihard as _negative_distances does and
-    returns True; returns False, doing nothing, if a bucket holds more than BUCKET_MAX negatives
-    (ties, clumps), where sorting is safer."""
-    B = row.shape[0]
-    n_lo = -1
-    n_hi = -1
-    for n in range(B):
-        if codes[n] != codes[a]:
-            if n_lo == -1 or row[n] < row[n_lo]:
-                n_lo = n
-            if n_hi == -1 or row[n] > row[n_hi]:
-                n_hi = n
-    lo = np.float64(row[n_lo])
-    span = np.float64(row[n_hi]) - lo
-    scale = n_negatives / span if span > 0 else 0.0
-    bucket_of = np.empty(n_negatives, dtype=np.int64)
-    value_of = np.empty(n_negatives, dtype=row.dtype)
-    start = np.zeros(n_negatives + 1, dtype=np.int64)
-    j = 0
-    for n in range(B):
-        if codes[n] != codes[a]:
-            b = _bucket(row[n], lo, scale, n_negatives)
-            bucket_of[j] = b
-            value_of[j] = row[n]
-            start[b + 1] += 1
-            j += 1
-    for b in range(n_negatives):
-        if start[b + 1] > BUCKET_MAX:
-            return False
-        start[b + 1] += start[b]
-    values = np.empty(n_negatives, dtype=row.dtype)
-    fill = start[:-1].copy()
-    for j in range(n_negatives):
-        values[fill[bucket_of[j]]] = value_of[j]
-        fill[bucket_of[j]] += 1
-    after = np.empty(n_negatives, dtype=row.dtype)  # smallest negative of the buckets after b
-    smallest = row[n_hi]
-    for b in range(n_negatives - 1, -1, -1):
-        after[b] = smallest
-        for i in range(start[b], start[b + 1]):
-            smallest = min(smallest, values[i])
-    for k, p in enumerate(positives):
-        semihard[k] = row[p] < row[n_hi]
-        if not semihard[k]:
-            d_an[k] = row[n_hi]  # the easiest negative
-        elif row[p] < row[n_lo]:
-            d_an[k] = row[n_lo]
-        else:
-            b = _bucket(row[p], lo, scale, n_negatives)
-            best = after[b]
-            for i in range(start[b], start[b + 1]):
-                if values[i] > row[p] and values[i] < best:
-                    best = values[i]
-            d_an[k] = best
-    return True
-
-
-@njit(cache=CACHE)
 def _class_members(codes):
     """Members of each class in increasing index order: members[start[c]:start[c + 1]]."""
     members = np.argsort(codes, kind="mergesort")
@@ -252,12 +206,11 @@ def _class_members(codes):
 
 
 @njit(cache=CACHE)
-def _mine_anchor(G, G_bits, sq, codes, a, metric, members, start, sort_min_positives, loss_only):
+def _mine_anchor(G, G_bits, sq, codes, a, metric, members, start, sort_min_positives):
     """Everything the kernels share for anchor a: turn row a of G into distances, then choose the
     negative of each positive. Returns (positives, order, values, d_an, semihard, chosen); order
     and values are a's negatives sorted by distance when the sorted search was used, else empty.
-    chosen: see _negative_distances; with loss_only, d_an may come from the bucketed search and
-    then order, values and chosen are not filled."""
+    chosen: see _negative_distances."""
     row = G[a]
     _to_distance_row(row, sq, a, metric)
     same = members[start[codes[a]] : start[codes[a] + 1]]
@@ -276,15 +229,13 @@ def _mine_anchor(G, G_bits, sq, codes, a, metric, members, start, sort_min_posit
     semihard = np.empty(positives.shape[0], dtype=np.bool_)
     chosen = np.empty(positives.shape[0], dtype=np.int64)
     if positives.shape[0] >= sort_min_positives and n_negatives > 0:
-        if loss_only and _bucketed_negative_distances(
-            row, codes, a, positives, n_negatives, d_an, semihard
-        ):
-            return positives, order, values, d_an, semihard, chosen
         order, values, bucket_start, lo, scale = _sorted_negatives(
             row, G_bits[a], codes, a, n_negatives
         )
     sorted_negatives = (values, bucket_start, lo, scale)
-    _negative_distances(row, G_bits[a], codes, a, positives, sorted_negatives, d_an, semihard, chosen)
+    _negative_distances(
+        row, G_bits[a], codes, a, positives, sorted_negatives, d_an, semihard, chosen
+    )
     return positives, order, values, d_an, semihard, chosen
 
 
@@ -300,12 +251,14 @@ def _share_among_ties(grad_row, row, codes, a, has_negative, chosen, amount):
     """Subtract `amount` from grad_row, shared equally among the candidates at exactly the distance
     of row[chosen], the first of them in the row (the linear search's ties)."""
     count = 0
-    for n in range(chosen, row.shape[0]):
-        count += row[n] == row[chosen] and _is_candidate(codes, a, n, has_negative)
-    share = amount / count
+    for n in range(chosen, row.shape[0]):  # no branch: vectorizes
+        count += (row[n] == row[chosen]) & _is_candidate(codes, a, n, has_negative)
+    if count == 1:  # most often
+        grad_row[chosen] -= amount
+        return
     for n in range(chosen, row.shape[0]):
         if row[n] == row[chosen] and _is_candidate(codes, a, n, has_negative):
-            grad_row[n] -= share
+            grad_row[n] -= amount / count
 
 
 @njit(cache=CACHE)
@@ -329,7 +282,7 @@ def _anchor_losses(codes, G, G_bits, sq, metric, margin, sort_min_positives, wan
     out = np.zeros(B)
     for a in prange(B):
         positives, order, values, d_an, _, chosen = _mine_anchor(
-            G, G_bits, sq, codes, a, metric, members, start, sort_min_positives, not want_grad
+            G, G_bits, sq, codes, a, metric, members, start, sort_min_positives
         )
         row = G[a]
         has_negative = positives.shape[0] + 1 < B
@@ -382,7 +335,7 @@ def _mine_pairs(
         offset[a + 1] = offset[a] + start[codes[a] + 1] - start[codes[a]] - 1
     for a in prange(B):
         positives, order, values, d_an, semihard, chosen = _mine_anchor(
-            G, G_bits, sq, codes, a, metric, members, start, sort_min_positives, False
+            G, G_bits, sq, codes, a, metric, members, start, sort_min_positives
         )
         row = G[a]
         has_negative = positives.shape[0] + 1 < B
@@ -432,8 +385,8 @@ def _gram(batch):
     metric = METRIC_CODES[batch.metric]
     if metric == ANGULAR:
         n = l2_normalize(x)
-        return n @ n.T, np.zeros(0, dtype=x.dtype), metric, n
-    return x @ x.T, squared_norms(x), metric, x
+        return gram(n), np.zeros(0, dtype=x.dtype), metric, n
+    return gram(x), squared_norms(x), metric, x
 
 
 @contextmanager

@@ -138,3 +138,12 @@ def test_sorted_negatives_are_a_stable_sort_with_a_consistent_bucket_table(dista
                 _cpu._bucket(v, lo, scale, len(negatives)) == b
                 for v in values[start[b] : start[b + 1]]
             )
+
+
+@pytest.mark.parametrize("D", [3, 256, 257])  # plain product / NumPy's syrk
+def test_gram_is_x_times_x_transposed(D):
+    from semihard_numba._distances import gram
+
+    x = np.random.default_rng(D).standard_normal((300, D)).astype(np.float32)
+    exact = x.astype(np.float64) @ x.T.astype(np.float64)
+    np.testing.assert_allclose(gram(x), exact, rtol=1e-5, atol=1e-6 * D)  # float32 rounding

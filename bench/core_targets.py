@@ -5,7 +5,9 @@ float32, D=128, clustered batches (bench/data.py), all in this process unless sa
 1. time of the loss at B=4096 with 4 per class, and with 2 classes of 2048, as a ratio to
    x @ x.T (NumPy) measured interleaved in the same process: the median over rounds of the
    per-round ratio (each round times x @ x.T, the loss and loss+gradient back to back), so a
-   load spike from other processes hits numerator and denominator alike;
+   load spike from other processes hits numerator and denominator alike. NumPy runs x @ x.T as a
+   syrk plus a mirror copy; the same product as a plain gemm, x @ x.copy().T (how the library
+   computes it, `semihard_numba._distances.gram`), is timed in the same rounds and reported too;
 2. the gradient's extra cost, (loss_and_grad - loss) / (x @ x.T), same rounds;
 3. peak extra memory at B=16384, in a fresh process per case: the resident high-water mark
    (VmHWM, reset through /proc/self/clear_refs) minus the resident size just before the call,
@@ -50,17 +52,20 @@ def ratios(batch_size, per_class, rounds, seed=0):
     def mm():
         return x @ x.T
 
+    def gemm():
+        return x @ x.copy().T
+
     def loss():
         return semihard_numba.triplet_semihard_loss(labels, x, backend="cpu")
 
     def grad():
         return semihard_numba.triplet_semihard_loss_and_grad(labels, x, backend="cpu")
 
-    for fn in (mm, loss, grad, mm, loss, grad):  # warm-up: kernels, caches, thread pool
+    for fn in (mm, gemm, loss, grad, mm, gemm, loss, grad):  # warm-up: kernels, caches, threads
         fn()
-    t_mm, t_loss, t_grad = [], [], []
+    t_mm, t_gemm, t_loss, t_grad = [], [], [], []
     for i in range(rounds):
-        order = [(mm, t_mm), (loss, t_loss), (grad, t_grad)]
+        order = [(mm, t_mm), (gemm, t_gemm), (loss, t_loss), (grad, t_grad)]
         if i % 2:  # alternate the order within a round as well
             order.reverse()
         for fn, out in order:
@@ -72,6 +77,11 @@ def ratios(batch_size, per_class, rounds, seed=0):
         "per_class": per_class,
         "rounds": rounds,
         "matmul_ms": statistics.median(t_mm) * 1e3,
+        "gemm_ms": statistics.median(t_gemm) * 1e3,
+        "loss_ratio_gemm": statistics.median([l / m for l, m in zip(t_loss, t_gemm)]),
+        "grad_extra_ratio_gemm": statistics.median(
+            [(g - l) / m for g, l, m in zip(t_grad, t_loss, t_gemm)]
+        ),
         "loss_ms": statistics.median(t_loss) * 1e3,
         "loss_and_grad_ms": statistics.median(t_grad) * 1e3,
         "loss_ratio": statistics.median(per_round_loss),
@@ -261,6 +271,20 @@ def report(res):
         f"| gradient's extra cost, 2 classes | {k2['grad_extra_ratio']:.2f}x x @ x.T "
         f"(loss+grad {k2['loss_and_grad_ms']:.0f} ms) | about 1x | |",
     ]
+    lines += [
+        "",
+        "The same rounds against x @ x.copy().T, the product as a plain gemm (what the loss itself "
+        "computes):",
+        "",
+        "| case | x @ x.T | gemm | loss / gemm | gradient's extra / gemm |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, k in (("4 per class", k4), ("2 classes of 2048", k2)):
+        lines.append(
+            f"| {name} | {k['matmul_ms']:.0f} ms | {k['gemm_ms']:.0f} ms | "
+            f"{k['loss_ratio_gemm']:.2f}x | {k['grad_extra_ratio_gemm']:.2f}x |"
+        )
+    lines += ["", "| memory | measured | goal | |", "|---|---|---|---|"]
     for m in res["memory"]:
         gib = m["rss_peak_extra_bytes"] / 2**30
         goal = "< 1.5 GiB" if m["what"] == "loss" else ""

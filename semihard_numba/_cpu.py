@@ -96,6 +96,8 @@ def _deal_into_buckets(row, codes, a, n_negatives):
     span = np.float64(distances.max()) - lo
     n_buckets = BUCKETS_PER_NEGATIVE * n_negatives
     scale = n_buckets / span if span > 0 else 0.0
+    if not np.isfinite(scale):  # a span below ~1e-305: one bucket, and the radix sort takes over
+        scale = 0.0
     bucket = np.empty(n_negatives, dtype=np.int64)
     start = np.zeros(n_buckets + 1, dtype=np.int64)
     for j in range(n_negatives):

@@ -111,6 +111,21 @@ def test_large_class_searches_match_the_linear_scan(negatives):
         )
 
 
+@pytest.mark.parametrize("scale", [1e-300, 1e-307, 1e-320])  # span * buckets overflows from ~1e-305
+def test_large_class_search_with_tiny_distances(scale):
+    from semihard_numba._distances import pairwise_distances
+    from semihard_numba._inputs import host_batch
+
+    labels = np.repeat([0, 1], 40)
+    x = np.random.default_rng(0).standard_normal((80, 4))
+    batch = host_batch(labels, x, 0.0, lambda y: pairwise_distances(y, "L2") * scale)
+    linear, searched = 10**9, 16  # sort_min_positives
+    assert _cpu.loss(batch, searched) == _cpu.loss(batch, linear) > 0
+    np.testing.assert_array_equal(
+        _cpu.mine(batch, searched).negative, _cpu.mine(batch, linear).negative
+    )
+
+
 @pytest.mark.parametrize("dtype, uint", [(np.float32, np.uint32), (np.float64, np.uint64)])
 @pytest.mark.parametrize("distances", ["spread", "ties", "negative", "clumped", "all equal"])
 def test_sorted_negatives_are_a_stable_sort_with_a_consistent_bucket_table(distances, dtype, uint):

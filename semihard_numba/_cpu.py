@@ -22,8 +22,8 @@ from ._distances import (
     gram,
     l2_normalize,
     normalize_backward,
-    pre_distance_backward,
     squared_norms,
+    symmetric_pre_distance_backward,
 )
 from ._inputs import check_distance_matrix
 from ._mining import MiningResult
@@ -379,6 +379,38 @@ def _sparse_backward(W, y, self_weight):
     return h
 
 
+@njit(cache=CACHE)
+def _add_transposed_tile_row(W, ti, tile):
+    """The tiles (ti, tj >= ti) of W += W.T: each tile pair is read once and written once."""
+    B = W.shape[0]
+    lower = np.empty((tile, tile), dtype=W.dtype)
+    for tj in range(ti, (B + tile - 1) // tile):
+        i0, j0 = ti * tile, tj * tile
+        i1, j1 = min(B, i0 + tile), min(B, j0 + tile)
+        for j in range(j0, j1):  # the mirror tile, read along its rows
+            for i in range(i0, i1):
+                lower[i - i0, j - j0] = W[j, i]
+        for i in range(i0, i1):
+            for j in range(j0, j1):
+                W[i, j] += lower[i - i0, j - j0]
+        if tj != ti:
+            for j in range(j0, j1):
+                for i in range(i0, i1):
+                    W[j, i] = W[i, j]
+
+
+@njit(parallel=True, cache=CACHE)
+def _symmetrize(W):
+    """W += W.T in place, by 8 x 8 tiles (fastest here: 14 ms at B=4096 float32, against 24 ms
+    for one product with x). Iteration h takes tile rows h and n - 1 - h, so all do equal work."""
+    tile = 8
+    n = (W.shape[0] + tile - 1) // tile
+    for h in prange((n + 1) // 2):
+        _add_transposed_tile_row(W, h, tile)
+        if n - 1 - h != h:
+            _add_transposed_tile_row(W, n - 1 - h, tile)
+
+
 def _gram(batch):
     """(G, squared norms, metric code, y): the Gram matrix G = y @ y.T that the kernels turn into
     distances in place; y is x, or its normalised rows for "angular"."""
@@ -448,7 +480,9 @@ def loss_and_grad(
         with _threads_for(B):
             h = _sparse_backward(G, y, 0.0 if metric == ANGULAR else 1.0)
         return loss, normalize_backward(batch.x, -h) if metric == ANGULAR else 2 * h
-    return loss, pre_distance_backward(batch.x, G, batch.metric)
+    with _threads_for(B):
+        _symmetrize(G)  # S = dL/dP + its transpose: one product with S instead of two with dL/dP
+    return loss, symmetric_pre_distance_backward(batch.x, G, batch.metric)
 
 
 def mine(batch, sort_min_positives=SORT_MIN_POSITIVES):

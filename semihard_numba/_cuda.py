@@ -23,7 +23,7 @@ The pipeline, all on the device:
    walks the anchor's row once more and overwrites the distance row with dL/dP (P the squared
    distance, or the cosine for "angular"); a symmetrize kernel (S = dL/dP + dL/dP^T), a tiled
    S @ x product and a small row kernel finish the chain rule, the same algebra as
-   `_distances.pre_distance_backward`.
+   `_distances.symmetric_pre_distance_backward`.
 
 Tunables (`TILE`, `REG`, `THREADS`, `MAX_BLOCKS`) are read by the host code at each call and handed
 to the kernel factories and launches; kernels never read module globals that may change. The test

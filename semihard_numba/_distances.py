@@ -73,12 +73,17 @@ def distance_to_pre_distance_factor(D, metric):
 
 def pre_distance_backward(x, dP, metric):
     """dL/dx from dL/dP, where P is the squared-distance matrix ("L2", "squared-L2") or the cosine
-    matrix ("angular"). P_ij depends on row i and row j, hence the products with dP and dP^T."""
+    matrix ("angular"). P_ij depends on row i and row j, hence dP + dP^T."""
+    return symmetric_pre_distance_backward(x, dP + dP.T, metric)
+
+
+def symmetric_pre_distance_backward(x, S, metric):
+    """dL/dx from S = dL/dP + (dL/dP)^T: one product with S."""
     if metric == "angular":
         n = l2_normalize(x)
-        return normalize_backward(x, dP @ n + dP.T @ n)  # d(n_i.n_j)/dn_i = n_j
-    # d2_ij = |x_i|^2 + |x_j|^2 - 2 x_i.x_j  =>  dL/dx_i = 2 (sum_j S_ij) x_i - 2 (S x)_i, S = dP + dP^T
-    return 2 * ((dP.sum(axis=1) + dP.sum(axis=0))[:, None] * x - (dP @ x + dP.T @ x))
+        return normalize_backward(x, S @ n)  # d(n_i.n_j)/dn_i = n_j
+    # d2_ij = |x_i|^2 + |x_j|^2 - 2 x_i.x_j  =>  dL/dx_i = 2 (sum_j S_ij) x_i - 2 (S x)_i
+    return 2 * (S.sum(axis=1)[:, None] * x - S @ x)
 
 
 def normalize_backward(x, grad_n):

@@ -66,7 +66,7 @@ def test_skips_are_explained_before_running():
     assert run.skip_reason("cpu", 16384, [(8192, 0.5, 5e8)], _args(), 8 * gib) is None
 
 
-@pytest.mark.parametrize("module", ["bench", "bench.core_targets"])
+@pytest.mark.parametrize("module", ["bench", "bench.core_targets", "bench.products"])
 def test_help(module):
     out = subprocess.run(
         [sys.executable, "-m", module, "--help"],

@@ -1,26 +1,8 @@
-"""Clustered, L2-normalised batches like real training batches, shared by the benchmark scripts."""
+"""The benchmark's batches (the package's own generator) and what they ask of the semi-hard rule."""
 
 import numpy as np
 
-
-def clustered_batch(batch_size, per_class=4, dim=128, noise=1.0, seed=0):
-    """(labels int64 (B,), embeddings float32 (B, D)): batch_size // per_class classes of per_class
-    samples (the last class takes the remainder), shuffled.
-
-    Class centres are random unit vectors; every sample is its centre plus Gaussian noise whose
-    expected norm is `noise` (per coordinate noise / sqrt(D)), then L2-normalised. With noise = 1
-    the positives of an anchor sit about as far away as some negatives, so the semi-hard rule
-    really has to search (the report shows the fraction of pairs that found a semi-hard negative).
-    """
-    rng = np.random.default_rng(seed)
-    n_classes = max(1, batch_size // per_class)
-    labels = np.minimum(np.arange(batch_size) // per_class, n_classes - 1).astype(np.int64)
-    centres = rng.standard_normal((n_classes, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    x = centres[labels] + (noise / np.sqrt(dim)) * rng.standard_normal((batch_size, dim))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    order = rng.permutation(batch_size)
-    return labels[order], np.ascontiguousarray(x[order], dtype=np.float32)
+from semihard_numba._batches import clustered_batch  # noqa: F401 (the benchmark scripts' import)
 
 
 def batch_statistics(labels, embeddings, margin=1.0, chunk=1024):

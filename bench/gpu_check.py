@@ -133,9 +133,9 @@ def environment():
     if not sn.backends()["cuda"][0]:
         print("the cuda backend is not usable here: nothing to check")
         sys.exit(1)
-    from semihard_numba import _cuda
+    from semihard_numba import _cuda, _device
 
-    if not _cuda.simulator_enabled():
+    if not _device.simulator_enabled():
         from numba import cuda
 
         device = cuda.get_current_device()
@@ -354,13 +354,14 @@ def timings(args, _cuda):
 
 
 def ptx_only(cc):
-    """Compile every kernel for compute capability `cc` without a GPU (type inference + NVVM)."""
+    """Compile every kernel for compute capability `cc` without a GPU (type inference + NVVM),
+    the shared Numba functions they call included."""
     import types as pytypes
 
     from numba import cuda
     from numba import types as t
 
-    from semihard_numba import _cuda
+    from semihard_numba import _cuda, _cuda_kernels
 
     try:  # device functions otherwise ask the (absent) driver for the current device
         import numba.cuda.dispatcher as dispatcher
@@ -371,23 +372,34 @@ def ptx_only(cc):
     ok = True
     for dt, f in (("<f4", t.float32), ("<f8", t.float64)):
         M, V, I = f[:, ::1], f[::1], t.int64[::1]
-        mining = (M, I, I, I, I, I, f, t.int64, t.float64[::1], I, I, I, t.boolean[::1], V, V, I)
-        row_norms, symmetrize, finish_squared, finish_angular = _cuda._elementwise_kernels(dt)
+        classes = t.Tuple((t.int32[::1], I, I, I, I))
+        mined = t.Tuple((I, I, I, t.boolean[::1], V))
+        chosen = t.Tuple((V, I))
+        mining = (M, classes, f, t.int64, t.float64[::1], mined, chosen)
+        row_norms, symmetrize, finish_squared, finish_angular = _cuda_kernels.elementwise_kernels(
+            dt
+        )
         kernels = {
-            "gram": (_cuda._matmul_kernel(dt, _cuda.TILE, _cuda.REG, True), (M, M, V, t.int64, M)),
-            "matmul": (
-                _cuda._matmul_kernel(dt, _cuda.TILE, _cuda.REG, False),
+            "gram": (
+                _cuda_kernels.matmul_kernel(dt, _cuda.TILE, _cuda.REG, True),
                 (M, M, V, t.int64, M),
             ),
-            "mining loss": (_cuda._mining_kernel(dt, _cuda.THREADS, False, False), mining),
-            "mining mine+grad": (_cuda._mining_kernel(dt, _cuda.THREADS, True, True), mining),
-            "sum": (_cuda._sum_kernel(_cuda.THREADS), (t.float64[::1], t.float64[::1])),
-            "rowsum": (_cuda._rowsum_kernel(dt, _cuda.THREADS), (M, V)),
+            "matmul": (
+                _cuda_kernels.matmul_kernel(dt, _cuda.TILE, _cuda.REG, False),
+                (M, M, V, t.int64, M),
+            ),
+            "mining loss": (_cuda_kernels.mining_kernel(dt, _cuda.THREADS, False, False), mining),
+            "mining mine+grad": (
+                _cuda_kernels.mining_kernel(dt, _cuda.THREADS, True, True),
+                mining,
+            ),
+            "sum": (_cuda_kernels.sum_kernel(_cuda.THREADS), (t.float64[::1], t.float64[::1])),
+            "rowsum": (_cuda_kernels.rowsum_kernel(dt, _cuda.THREADS), (M, V)),
             "row_norms": (row_norms, (M, t.int64, V, M, V)),
             "symmetrize": (symmetrize, (M, f)),
             "finish_squared": (finish_squared, (M, V, M, M)),
             "finish_angular": (finish_angular, (M, V, V, M, M)),
-            "nonfinite": (_cuda._nonfinite_rows_kernel, (M, t.uint8[::1])),
+            "nonfinite": (_cuda_kernels.nonfinite_rows_kernel, (M, t.uint8[::1])),
         }
         for name, (kernel, sig) in kernels.items():
             try:
@@ -403,7 +415,7 @@ def ptx_only(cc):
         (t.float32[:, ::1], t.float16[:, ::1]),
     ):
         try:
-            cuda.compile_ptx(_cuda._copy_kernel.py_func, (src, dst), cc=cc)
+            cuda.compile_ptx(_cuda_kernels.copy_kernel.py_func, (src, dst), cc=cc)
             print(f"  ok   copy {src} -> {dst}")
         except Exception as error:
             ok = False

@@ -1,23 +1,28 @@
 """Backend "cpu": the post's loop compiled with Numba, parallel over anchors.
 
-The distance matrix starts as the Gram matrix x @ x.T from NumPy's BLAS (the one cost that cannot be
-avoided; `gram`); each anchor then turns its own row into distances in place and runs the post's
-loop over (positive, negative) on it. Nothing else of size B x B is allocated, and no two threads
-touch the same row. Each anchor's sum goes to its own slot and the slots are added in a fixed order,
-so the result does not depend on the number of threads.
+The distance matrix starts as the Gram matrix y @ y.T from NumPy's BLAS (`_distances.gram`), the
+one cost every implementation pays. Then `_anchor_loop` runs the post's loops: every anchor turns
+its own row into distances in place (`_metrics.distance`) and, for every positive, takes its
+negative from the post's search (`_loop.choose_negative`) or, when the anchor has at least
+SORTED_SEARCH_MIN_POSITIVES positives, from its sorted negatives (`_sorted_search`). Nothing else of
+size B x B is allocated and no two threads touch the same row. Each anchor's sum goes to its own
+slot and the slots are added in a fixed order, so the result does not depend on the thread count.
 
-Few positives scan the row linearly, comparing distances as order-preserving integers (which
-vectorize). An anchor with many positives avoids the O(P N) scan: it bucket-sorts its negatives by
-distance and looks each positive up in its own bucket (a radix sort and bisection take over where
-distances clump). Both paths give the same numbers (tests/test_properties.py)."""
+Every kernel is compiled twice from one body, serial and parallel (pynndescent's habit), each only
+when first called. The serial twin runs batches below SERIAL_MAX_BATCH, where waking threads costs
+more than it saves, and every call in a process forked from this one: GNU OpenMP, Numba's usual
+threading layer on Linux, kills a forked child that enters a parallel region.
+"""
 
-from contextlib import contextmanager
+import os
+import types
+from typing import NamedTuple
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
+from ._classes import class_tables
 from ._distances import (
     gram,
     l2_normalize,
@@ -26,336 +31,151 @@ from ._distances import (
     symmetric_pre_distance_backward,
 )
 from ._inputs import check_distance_matrix
+from ._loop import choose_negative, count_negatives_at, smallest_entry
+from ._metrics import ANGULAR, PRECOMPUTED, code, distance, pre_distance_gradient
 from ._mining import MiningResult
-from ._radix_sort import radix_argsort, sign_bit, sort_key
+from ._sorted_search import BUCKET_MAX, sorted_search
 
-# An anchor with at least this many positives searches sorted negatives instead of scanning them.
-SORT_MIN_POSITIVES = 16
+# An anchor with at least this many positives sorts its negatives instead of scanning them for
+# each positive (bench/README.md, "Core targets", has the measurements behind the values here).
+SORTED_SEARCH_MIN_POSITIVES = 16
 
-NONE = np.uint64(0xFFFFFFFFFFFFFFFF)  # larger than the sort key of any float
-
-# The bucket sort of an anchor's negatives: twice as many buckets as negatives (fewer shared
-# buckets to sort within; measured faster than 1 or 4), and a radix sort instead as soon as one
-# bucket would hold more negatives than BUCKET_MAX.
-BUCKETS_PER_NEGATIVE = 2
-BUCKET_MAX = 16
-
-# Smaller batches run on one thread: right after NumPy's BLAS product its threads still spin, and
-# waking Numba's threads beside them cost ~8 ms here, far more than the kernel itself below this.
+# Smaller batches run on one thread.
 SERIAL_MAX_BATCH = 1024
 
 # The gradient walks the nonzeros of dL/dP while their share of a row is below 1 / this.
 SPARSE_BACKWARD_MAX_DENSITY = 16
 
-PRECOMPUTED, L2, SQUARED_L2, ANGULAR = 0, 1, 2, 3
-METRIC_CODES = {"L2": L2, "squared-L2": SQUARED_L2, "angular": ANGULAR}
 
-
-@njit(cache=CACHE)
-def _to_distance_row(row, sq, a, metric):
-    """Turn row a of the Gram matrix into row a of TFA's distance matrix, in the row's dtype
-    (the NumPy twin is `pairwise_distances`; no float64 literal enters the arithmetic)."""
-    one = row.dtype.type(1)
-    zero = row.dtype.type(0)
-    if metric == ANGULAR:  # row holds n_a . n_j of the normalised embeddings
-        for j in range(row.shape[0]):
-            d = one - row[j]
-            row[j] = d if d > 0 else zero
-    elif metric == L2 or metric == SQUARED_L2:
-        for j in range(row.shape[0]):
-            d2 = (sq[a] + sq[j]) - (row[j] + row[j])
-            if d2 <= 0 or j == a:
-                row[j] = zero
-            elif metric == L2:
-                row[j] = np.sqrt(d2)
-            else:
-                row[j] = d2
-
-
-@njit(cache=CACHE)
-def _bucket(value, lo, scale, n_buckets):
-    """The bucket of a distance: never decreases as the distance grows (all in float64, clamped
-    before the conversion to an integer), so equal distances share a bucket."""
-    t = (np.float64(value) - lo) * scale
-    return np.int64(min(max(t, 0.0), n_buckets - 1.0))
-
-
-@njit(cache=CACHE)
-def _deal_into_buckets(row, codes, a, n_negatives):
-    """a's negatives dealt into BUCKETS_PER_NEGATIVE buckets per negative, spread evenly over their
-    range (see `_bucket`), in index order within a bucket: (order, values, start, lo, scale) with
-    bucket b holding the negatives order[start[b]:start[b + 1]], at distances values[...]. Where a
-    bucket would hold more than BUCKET_MAX negatives (clumps of distances), start is empty and order
-    lists the negatives in index order."""
-    negatives = np.empty(n_negatives, dtype=np.int64)
-    j = 0
-    for n in range(row.shape[0]):
-        if codes[n] != codes[a]:
-            negatives[j] = n
-            j += 1
-    distances = row[negatives]
-    lo = np.float64(distances.min())
-    span = np.float64(distances.max()) - lo
-    n_buckets = BUCKETS_PER_NEGATIVE * n_negatives
-    scale = n_buckets / span if span > 0 else 0.0
-    if not np.isfinite(scale):  # a span below ~1e-305: one bucket, and the radix sort takes over
-        scale = 0.0
-    bucket = np.empty(n_negatives, dtype=np.int64)
-    start = np.zeros(n_buckets + 1, dtype=np.int64)
-    for j in range(n_negatives):
-        bucket[j] = _bucket(distances[j], lo, scale, n_buckets)
-        start[bucket[j] + 1] += 1
-    for b in range(n_buckets):
-        if start[b + 1] > BUCKET_MAX:
-            return negatives, distances, start[:0], lo, scale
-        start[b + 1] += start[b]
-    order = np.empty(n_negatives, dtype=np.int64)
-    values = np.empty(n_negatives, dtype=row.dtype)
-    fill = start[:-1].copy()
-    for j in range(n_negatives):
-        order[fill[bucket[j]]] = negatives[j]
-        values[fill[bucket[j]]] = distances[j]
-        fill[bucket[j]] += 1
-    return order, values, start, lo, scale
-
-
-@njit(cache=CACHE)
-def _sorted_negatives(row, bits, codes, a, n_negatives):
-    """a's negatives in order of increasing distance (ties by index), their distances, and where
-    each bucket starts among them (`_deal_into_buckets`; empty if a radix sort was used instead).
-    A bucket sort: deal, then an insertion sort that never crosses a bucket boundary."""
-    order, values, start, lo, scale = _deal_into_buckets(row, codes, a, n_negatives)
-    if start.shape[0] == 0:
-        order = radix_argsort(bits, order)
-        return order, row[order], start, lo, scale
-    largest = values[0]  # of those sorted so far; a bucket's values are below the next bucket's
-    for i in range(1, n_negatives):
-        value = values[i]
-        if value >= largest:  # most often: in place already
-            largest = value
-            continue
-        index, k = order[i], i
-        while k > 0 and values[k - 1] > value:  # strict: ties keep their index order
-            values[k], order[k] = values[k - 1], order[k - 1]
-            k -= 1
-        values[k], order[k] = value, index
-    return order, values, start, lo, scale
-
-
-@njit(cache=CACHE)
-def _negative_distances(row, bits, codes, a, positives, sorted_negatives, d_an, semihard, chosen):
-    """The post's loop for one anchor: for each positive positives[k] the distance to TFA's
-    negative, written to d_an[k], whether it was semi-hard, to semihard[k], and where it is, to
-    chosen[k]: its index in the row, or with `sorted_negatives` (the output of _sorted_negatives
-    but the order; empty distances for a linear scan) its position among them. Ties: the first
-    one. `bits` is the row's memory viewed as unsigned integers."""
-    negatives_sorted, start, lo, scale = sorted_negatives
-    B = row.shape[0]
-    n_negatives = B - positives.shape[0] - 1
-    if n_negatives == 0:  # no negative at all: TFA's masked maximum is the row's minimum
-        smallest = np.argmin(row)
-        chosen[:] = smallest
-        d_an[:] = row[smallest]
-        semihard[:] = False
-        return
-    if negatives_sorted.shape[0] > 0:
-        far = n_negatives - 1  # the easiest negative, used if no semi-hard negative is found
-        while far > 0 and negatives_sorted[far - 1] == negatives_sorted[n_negatives - 1]:
-            far -= 1
-        for k, p in enumerate(positives):
-            if start.shape[0] > 0:  # the first one farther than p: in p's bucket, or next
-                b = _bucket(row[p], lo, scale, start.shape[0] - 1)
-                i = start[b]
-                while i < start[b + 1] and negatives_sorted[i] <= row[p]:
-                    i += 1
-            else:
-                i = np.searchsorted(negatives_sorted, row[p], side="right")
-            semihard[k] = i < n_negatives
-            chosen[k] = i if i < n_negatives else far
-            d_an[k] = negatives_sorted[chosen[k]]
-        return
-    # Distances compared as order-preserving unsigned integers (`sort_key`): integer minima
-    # vectorize, float minima do not without fast-math. NONE marks "not a negative".
-    sign = sign_bit(bits)
-    keys = np.empty(B, dtype=np.uint64)
-    far = np.uint64(0)  # the easiest negative, used if no semi-hard negative is found
-    for n in range(B):
-        keys[n] = NONE if codes[n] == codes[a] else sort_key(bits[n], sign)
-        if keys[n] != NONE:
-            far = max(far, keys[n])
-    for k, p in enumerate(positives):  # try all positives for the anchor
-        positive = sort_key(bits[p], sign)
-        nearest = NONE
-        for n in range(B):  # find suiting negative: the hardest one strictly farther than p
-            nearest = min(
-                nearest, keys[n] if keys[n] > positive else NONE
-            )  # TFA ignores the margin
-        semihard[k] = nearest != NONE
-        target = nearest if nearest != NONE else far
-        n0 = 0
-        while keys[n0] != target:  # the first negative at that distance
-            n0 += 1
-        chosen[k] = n0
-        d_an[k] = row[n0]
-
-
-@njit(cache=CACHE)
-def _class_members(codes):
-    """Members of each class in increasing index order: members[start[c]:start[c + 1]]."""
-    members = np.argsort(codes, kind="mergesort")
-    start = np.zeros(codes.max() + 2, dtype=np.int64)
-    for c in codes:
-        start[c + 1] += 1
-    return members, np.cumsum(start)
-
-
-@njit(cache=CACHE)
-def _mine_anchor(G, G_bits, sq, codes, a, metric, members, start, sort_min_positives):
-    """Everything the kernels share for anchor a: turn row a of G into distances, then choose the
-    negative of each positive. Returns (positives, order, values, d_an, semihard, chosen); order
-    and values are a's negatives sorted by distance when the sorted search was used, else empty.
-    chosen: see _negative_distances."""
-    row = G[a]
-    _to_distance_row(row, sq, a, metric)
-    same = members[start[codes[a]] : start[codes[a] + 1]]
-    positives = np.empty(same.shape[0] - 1, dtype=np.int64)
-    k = 0
-    for p in same:
-        if p != a:  # positive cannot be the same as the anchor
-            positives[k] = p
-            k += 1
-    n_negatives = row.shape[0] - same.shape[0]
-    order = positives[:0]
-    values = row[:0]
-    bucket_start = positives[:0]
-    lo = scale = 0.0
-    d_an = np.empty(positives.shape[0], dtype=row.dtype)
-    semihard = np.empty(positives.shape[0], dtype=np.bool_)
-    chosen = np.empty(positives.shape[0], dtype=np.int64)
-    if positives.shape[0] >= sort_min_positives and n_negatives > 0:
-        order, values, bucket_start, lo, scale = _sorted_negatives(
-            row, G_bits[a], codes, a, n_negatives
-        )
-    sorted_negatives = (values, bucket_start, lo, scale)
-    _negative_distances(
-        row, G_bits[a], codes, a, positives, sorted_negatives, d_an, semihard, chosen
+def _serial_and_parallel(body):
+    """(serial, parallel) kernels compiled from one body. The parallel twin is a copy of the
+    function under another __qualname__: Numba's disk cache keys on the name, not on
+    parallel=True, and would otherwise hand one twin the other's machine code (numba#6845)."""
+    twin = types.FunctionType(
+        body.__code__, body.__globals__, body.__name__, body.__defaults__, body.__closure__
     )
-    return positives, order, values, d_an, semihard, chosen
+    twin.__qualname__ = body.__qualname__ + "_parallel"
+    return njit(cache=CACHE)(body), njit(parallel=True, cache=CACHE)(twin)
 
 
-@njit(cache=CACHE)
-def _is_candidate(codes, a, n, has_negative):
-    """Whether n can be a's negative: another label, or anything when a has no negative (TFA then
-    uses the row's minimum)."""
-    return codes[n] != codes[a] or not has_negative
+_forked = False
 
 
-@njit(cache=CACHE)
-def _share_among_ties(grad_row, row, codes, a, has_negative, chosen, amount):
-    """Subtract `amount` from grad_row, shared equally among the candidates at exactly the distance
-    of row[chosen], the first of them in the row (the linear search's ties)."""
-    count = 0
-    for n in range(chosen, row.shape[0]):
-        count += (row[n] == row[chosen]) & _is_candidate(codes, a, n, has_negative)
-    if count == 1:  # most often: no second pass
-        grad_row[chosen] -= amount
-        return
-    for n in range(chosen, row.shape[0]):
-        if row[n] == row[chosen] and _is_candidate(codes, a, n, has_negative):
-            grad_row[n] -= amount / count
+def _after_fork_in_child():
+    global _forked
+    _forked = True
 
 
-@njit(cache=CACHE)
-def _distance_derivative(d, metric):
-    """dD/dP for one entry (P: squared distance, or cosine for angular); 0 passes no gradient."""
-    if d <= 0:
-        return 0.0
-    if metric == L2:
-        return 0.5 / d
-    if metric == SQUARED_L2:
-        return 1.0
-    return -1.0
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-@njit(parallel=True, cache=CACHE)
-def _anchor_losses(codes, G, G_bits, sq, metric, margin, sort_min_positives, want_grad, inv_pairs):
-    """Sum of triplet losses per anchor (float64). G is overwritten with distances, or with
-    want_grad with dL/dP, P the squared distance or the cosine; inv_pairs = 1 / number of pairs."""
-    B = codes.shape[0]
-    members, start = _class_members(codes)
-    out = np.zeros(B)
-    for a in prange(B):
-        positives, order, values, d_an, _, chosen = _mine_anchor(
-            G, G_bits, sq, codes, a, metric, members, start, sort_min_positives
-        )
-        row = G[a]
-        has_negative = positives.shape[0] + 1 < B
-        grad_row = np.zeros(B if want_grad else 0, dtype=row.dtype)
-        total = 0.0
-        for k, p in enumerate(positives):
-            l = margin + (row[p] - d_an[k])
-            if l > 0:
-                total += l
-            if want_grad and l >= 0:  # on the hinge TF's maximum still passes gradient
-                grad_row[p] += inv_pairs  # dL/dD
-                # negatives tied at the chosen distance share its gradient equally
-                if order.shape[0] > 0:  # sorted: they follow it (inline: a call costs ~15 ns)
-                    c = chosen[k]
-                    end = c + 1
-                    while end < values.shape[0] and values[end] == values[c]:
-                        end += 1
-                    share = inv_pairs / (end - c)
-                    for i in range(c, end):
-                        grad_row[order[i]] -= share
+def _pick(kernels, batch_size):
+    serial, parallel = kernels
+    return serial if batch_size < SERIAL_MAX_BATCH or _forked else parallel
+
+
+def _anchor_loops(with_sorted_search):
+    """The (serial, parallel) `_anchor_loop` kernels, with the sorted search of large classes
+    compiled in or not: Numba drops the branches on the constant `with_sorted_search` before
+    compiling,
+    and ordinary batches never pay the sort's compile time."""
+
+    def _anchor_loop(
+        labels, classes, G, keys, key_range, sq, metric, margin, search, gradient, mined, sums
+    ):
+        """The post's loops over a batch, for every anchor at once (parallel twin: one anchor per
+        thread at a time).
+
+        labels: (B,) class codes; classes = (members, start) of `_classes.Classes`.
+        G: (B, B), the Gram matrix, turned into distances row by row in place (a callable
+        metric's matrix is used as it is). keys: G's distances as order keys (`order_keys`),
+        key_range = (above, below) every key.
+        search = (sorted_search_min_positives, bucket_max), see `_sorted_search`.
+        gradient = (want, weight): with want, row a of G ends as dL/dP[a, :]; weight = 1 / pairs.
+        mined: a `MinedPairs`, one entry per pair where mined.want.
+        sums[a]: anchor a's sum of triplet losses (float64).
+        """
+        N = labels.shape[0]
+        members, start = classes
+        above, below = key_range
+        sorted_search_min_positives, bucket_max = search
+        want_grad, weight = gradient
+        zero = G.dtype.type(0)
+        for a in prange(N):  # give every embedding in the batch the chance to be an anchor
+            distances = G[a]
+            if metric != PRECOMPUTED:
+                for n in range(N):
+                    distances[n] = distance(distances[n], sq, a, n, metric)
+            keys_a = keys[a]
+            same = members[start[labels[a]] : start[labels[a] + 1]]
+            n_negatives = N - same.shape[0]
+            sort = n_negatives > 0 and same.shape[0] - 1 >= sorted_search_min_positives
+            if with_sorted_search and sort:  # the second path: sort a's negatives once
+                first = np.empty(N, dtype=np.int64)
+                order, run_end = sorted_search(
+                    keys_a, labels, a, same, n_negatives, bucket_max, first
+                )
+                far = n_negatives - 1  # the easiest negative: the first of the last tied run
+                while far > 0 and run_end[far - 1] == n_negatives:
+                    far -= 1
+            grad = np.zeros(N if want_grad else 0, dtype=G.dtype)  # dL/dD[a, :]
+            total = 0.0
+            k = 0
+            for p in same:  # try all positives for the anchor
+                if a == p:
+                    continue  # positive cannot be the same as the anchor
+                if n_negatives == 0:  # TFA's masked maximum over no negative: the row's minimum
+                    smallest, ties = smallest_entry(distances)
+                    n0, semihard, d_an = -1, False, distances[smallest]
+                elif with_sorted_search and sort:
+                    i = first[p]
+                    semihard = i < n_negatives
+                    i = i if semihard else far
+                    n0 = order[i]
+                    d_an = distances[n0]
                 else:
-                    _share_among_ties(grad_row, row, codes, a, has_negative, chosen[k], inv_pairs)
-        out[a] = total
-        if want_grad:  # dL/dP = dL/dD * dD/dP, one vectorizable pass instead of a division per pair
-            for n in range(B):
-                row[n] = grad_row[n] * _distance_derivative(row[n], metric)
-    return out
+                    n0, semihard = choose_negative(keys_a, labels, a, p, above, below)
+                    d_an = distances[n0]
+                l = margin + (distances[p] - d_an)
+                total += max(l, zero)
+                if mined.want:
+                    pair = mined.pair_offset[a] + k
+                    mined.anchor[pair] = a
+                    mined.positive[pair] = p
+                    mined.negative[pair] = n0
+                    mined.semihard[pair] = semihard
+                    mined.loss[pair] = max(l, zero)
+                if want_grad and l >= zero:  # on the hinge TF's maximum still passes gradient
+                    grad[p] += weight
+                    # the negatives tied at the chosen distance share its -weight equally
+                    if n_negatives == 0:
+                        for n in range(smallest, N):
+                            if distances[n] == distances[smallest]:
+                                grad[n] -= weight / ties
+                    elif with_sorted_search and sort:
+                        ties = run_end[i] - i
+                        for j in range(i, run_end[i]):
+                            grad[order[j]] -= weight / ties
+                    else:
+                        ties = count_negatives_at(keys_a, labels, a, n0)
+                        if ties == 1:  # most often: no second pass
+                            grad[n0] -= weight
+                        else:
+                            for n in range(n0, N):
+                                if labels[n] != labels[a] and keys_a[n] == keys_a[n0]:
+                                    grad[n] -= weight / ties
+                k += 1
+            sums[a] = total
+            if want_grad:
+                for n in range(N):
+                    distances[n] = pre_distance_gradient(grad[n], distances[n], metric, distances)
+
+    return _serial_and_parallel(_anchor_loop)
 
 
-@njit(parallel=True, cache=CACHE)
-def _mine_pairs(
-    codes,
-    G,
-    G_bits,
-    sq,
-    metric,
-    margin,
-    sort_min_positives,
-    out_anchor,
-    out_positive,
-    out_negative,
-    out_semihard,
-    out_loss,
-):
-    """Fill out_* with one entry per ordered positive pair, by anchor then positive."""
-    B = codes.shape[0]
-    members, start = _class_members(codes)
-    offset = np.zeros(B + 1, dtype=np.int64)
-    for a in range(B):
-        offset[a + 1] = offset[a] + start[codes[a] + 1] - start[codes[a]] - 1
-    for a in prange(B):
-        positives, order, values, d_an, semihard, chosen = _mine_anchor(
-            G, G_bits, sq, codes, a, metric, members, start, sort_min_positives
-        )
-        row = G[a]
-        has_negative = positives.shape[0] + 1 < B
-        for k, p in enumerate(positives):
-            pair = offset[a] + k
-            l = margin + (row[p] - d_an[k])
-            out_anchor[pair] = a
-            out_positive[pair] = p
-            out_negative[pair] = -1
-            if has_negative:
-                out_negative[pair] = order[chosen[k]] if order.shape[0] > 0 else chosen[k]
-            out_semihard[pair] = semihard[k]
-            out_loss[pair] = l if l > 0 else 0
+_ANCHOR_LOOPS = {False: _anchor_loops(False), True: _anchor_loops(True)}
 
 
-@njit(parallel=True, cache=CACHE)
 def _sparse_backward(W, y, self_weight):
     """h_i = sum_j (W_ij + W_ji) (self_weight * y_i - y_j), paying O(D) only for nonzero W_ij.
     Rows first (one thread per row), then columns (one thread per tile of 64 columns), so each h_i
@@ -379,6 +199,9 @@ def _sparse_backward(W, y, self_weight):
     return h
 
 
+_SPARSE_BACKWARD = _serial_and_parallel(_sparse_backward)
+
+
 @njit(cache=CACHE)
 def _add_transposed_tile_row(W, ti, tile):
     """The tiles (ti, tj >= ti) of W += W.T: each tile pair is read once and written once."""
@@ -399,11 +222,9 @@ def _add_transposed_tile_row(W, ti, tile):
                     W[j, i] = W[i, j]
 
 
-@njit(parallel=True, cache=CACHE)
 def _symmetrize(W):
-    """W += W.T in place, by 8 x 8 tiles (fastest here: 14-17 ms at B=4096 float32, against 24 ms
-    for one product with x; `python -m bench.products`). Iteration h takes tile rows h and
-    n - 1 - h, so all do equal work."""
+    """W += W.T in place, by 8 x 8 tiles (`python -m bench.products` times it). Iteration h takes
+    tile rows h and n - 1 - h, so all do equal work."""
     tile = 8
     n = (W.shape[0] + tile - 1) // tile
     for h in prange((n + 1) // 2):
@@ -412,104 +233,147 @@ def _symmetrize(W):
             _add_transposed_tile_row(W, n - 1 - h, tile)
 
 
-def _gram(batch):
-    """(G, squared norms, metric code, y): the Gram matrix G = y @ y.T that the kernels turn into
-    distances in place; y is x, or its normalised rows for "angular"."""
+_SYMMETRIZE = _serial_and_parallel(_symmetrize)
+
+
+def order_keys(D):
+    """Unsigned integers with the order of the floats in D, for a matrix that may hold negative
+    values (IEEE 754: set the sign bit of non-negative floats, flip every bit of negative ones;
+    -0.0 counts as +0.0). Distances >= +0.0 need none of this: their bits are in order already."""
+    uint = np.uint32 if D.dtype == np.float32 else np.uint64
+    bits = (D + D.dtype.type(0)).view(uint)  # -0.0 + 0.0 = +0.0
+    sign = uint(1) << uint(8 * D.itemsize - 1)
+    return np.where(bits & sign, ~bits, bits | sign)
+
+
+def _distance_rows(batch, integer_keys=True):
+    """(G, keys, key_range, sq, y): the matrix `_anchor_loop` turns into distances, y being x or
+    its normalised rows for "angular" (G = y @ y.T), or a callable metric's matrix; its keys."""
     x = batch.x
-    if callable(batch.metric):
-        D = check_distance_matrix(batch.metric(x), x.shape[0], x.dtype)
-        return D, np.zeros(0, dtype=x.dtype), PRECOMPUTED, x
-    metric = METRIC_CODES[batch.metric]
-    if metric == ANGULAR:
-        n = l2_normalize(x)
-        return gram(n), np.zeros(0, dtype=x.dtype), metric, n
-    return gram(x), squared_norms(x), metric, x
+    metric = code(batch.metric)
+    sq = squared_norms(x, check=metric != ANGULAR and metric != PRECOMPUTED)
+    if metric == PRECOMPUTED:
+        y, G = x, check_distance_matrix(batch.metric(x), x.shape[0], x.dtype)
+    else:
+        y = l2_normalize(x) if metric == ANGULAR else x
+        G = gram(y)
+    if not integer_keys:  # the plain float loop, for the benchmark's comparison
+        return G, G, (G.dtype.type(np.inf), G.dtype.type(-np.inf)), sq, y
+    keys = order_keys(G) if metric == PRECOMPUTED else G.view(_KEY_DTYPES[G.dtype])
+    return G, keys, (keys.dtype.type(np.iinfo(keys.dtype).max), keys.dtype.type(0)), sq, y
 
 
-@contextmanager
-def _threads_for(batch_size):
-    """Run the kernels inside on one thread for small batches (results do not depend on it)."""
-    saved = numba.get_num_threads()
-    if batch_size < SERIAL_MAX_BATCH:
-        numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(saved)
+_KEY_DTYPES = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
 
 
-def _bits(G):
-    """G's memory viewed as unsigned integers of the same width, for the radix sort."""
-    return G.view(np.uint32 if G.dtype == np.float32 else np.uint64)
+def _run(batch, classes, G, keys, key_range, sq, search, gradient, mined):
+    with_sorted_search = bool((classes.counts[classes.counts < batch.size] > search[0]).any())
+    sums = np.zeros(batch.size)
+    _pick(_ANCHOR_LOOPS[with_sorted_search], batch.size)(
+        batch.codes,
+        (classes.members, classes.start),
+        G,
+        keys,
+        key_range,
+        sq,
+        code(batch.metric),
+        batch.x.dtype.type(batch.margin),
+        search,
+        gradient,
+        mined,
+        sums,
+    )
+    return sums.sum()
 
 
-def _pair_count(codes):
-    counts = np.bincount(codes)
-    return int((counts * (counts - 1)).sum())
+class MinedPairs(NamedTuple):
+    """Where `_anchor_loop` writes one entry per pair (a, p) when `want`: at pair_offset[a] + k for
+    a's k-th positive. Without `want`, empty arrays of the same types (one compiled kernel)."""
+
+    want: bool
+    pair_offset: np.ndarray
+    anchor: np.ndarray
+    positive: np.ndarray
+    negative: np.ndarray
+    semihard: np.ndarray
+    loss: np.ndarray
 
 
-def loss(batch, sort_min_positives=SORT_MIN_POSITIVES):
-    G, sq, metric, _ = _gram(batch)
-    margin = batch.x.dtype.type(batch.margin)
-    with _threads_for(batch.size):
-        per_anchor = _anchor_losses(
-            batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives, False, 0.0
-        )
-    n_pairs = _pair_count(batch.codes)
-    return per_anchor.sum() / n_pairs if n_pairs else 0.0  # TFA: 0 / 0 = NaN
+def _mined_pairs(batch, classes, want):
+    n = classes.n_pairs if want else 0
+    return MinedPairs(
+        want,
+        classes.pair_offset,
+        *(np.empty(n, dtype=np.int64) for _ in range(3)),
+        np.empty(n, dtype=np.bool_),
+        np.empty(n, dtype=batch.x.dtype),
+    )
+
+
+def loss(
+    batch,
+    sorted_search_min_positives=SORTED_SEARCH_MIN_POSITIVES,
+    bucket_max=BUCKET_MAX,
+    integer_keys=True,
+):
+    classes = class_tables(batch.codes)
+    if classes.n_pairs == 0:
+        return 0.0  # TFA: 0 / 0 = NaN
+    G, keys, key_range, sq, _ = _distance_rows(batch, integer_keys)
+    search = (sorted_search_min_positives, bucket_max)
+    total = _run(
+        batch,
+        classes,
+        G,
+        keys,
+        key_range,
+        sq,
+        search,
+        (False, 0.0),
+        _mined_pairs(batch, classes, False),
+    )
+    return total / classes.n_pairs
 
 
 def loss_and_grad(
     batch,
-    sort_min_positives=SORT_MIN_POSITIVES,
+    sorted_search_min_positives=SORTED_SEARCH_MIN_POSITIVES,
     sparse_backward_max_density=SPARSE_BACKWARD_MAX_DENSITY,
 ):
-    G, sq, metric, y = _gram(batch)
-    margin = batch.x.dtype.type(batch.margin)
-    n_pairs = _pair_count(batch.codes)
+    classes = class_tables(batch.codes)
+    n_pairs = classes.n_pairs
     if n_pairs == 0:
         return 0.0, np.zeros_like(batch.x)
-    with _threads_for(batch.size):
-        per_anchor = _anchor_losses(
-            batch.codes, G, _bits(G), sq, metric, margin, sort_min_positives, True, 1.0 / n_pairs
-        )
-    loss = per_anchor.sum() / n_pairs
+    G, keys, key_range, sq, y = _distance_rows(batch)
+    search = (sorted_search_min_positives, BUCKET_MAX)
+    gradient = (True, 1.0 / n_pairs)
+    loss = _run(
+        batch,
+        classes,
+        G,
+        keys,
+        key_range,
+        sq,
+        search,
+        gradient,
+        _mined_pairs(batch, classes, False),
+    )
+    loss /= n_pairs
     # G now holds dL/dP, with at most 2 (n_pairs / B) nonzeros per row plus ties. Small classes
     # leave it sparse: walk its nonzeros. Large classes fill it: one BLAS product is cheaper.
     B = batch.size
+    angular = code(batch.metric) == ANGULAR
     if 2 * n_pairs * sparse_backward_max_density < B * B:
-        with _threads_for(B):
-            h = _sparse_backward(G, y, 0.0 if metric == ANGULAR else 1.0)
-        return loss, normalize_backward(batch.x, -h) if metric == ANGULAR else 2 * h
-    with _threads_for(B):
-        _symmetrize(G)  # S = dL/dP + its transpose: one product with S instead of two with dL/dP
+        h = _pick(_SPARSE_BACKWARD, B)(G, y, 0.0 if angular else 1.0)
+        return loss, normalize_backward(batch.x, -h) if angular else 2 * h
+    _pick(_SYMMETRIZE, B)(G)  # S = dL/dP + its transpose: one product with S instead of two
     return loss, symmetric_pre_distance_backward(batch.x, G, batch.metric)
 
 
-def mine(batch, sort_min_positives=SORT_MIN_POSITIVES):
-    G, sq, metric, _ = _gram(batch)
-    n_pairs = _pair_count(batch.codes)
-    result = MiningResult(
-        anchor=np.empty(n_pairs, dtype=np.int64),
-        positive=np.empty(n_pairs, dtype=np.int64),
-        negative=np.empty(n_pairs, dtype=np.int64),
-        semihard=np.empty(n_pairs, dtype=np.bool_),
-        loss=np.empty(n_pairs, dtype=batch.x.dtype),
-    )
-    margin = batch.x.dtype.type(batch.margin)
-    with _threads_for(batch.size):
-        _mine_pairs(
-            batch.codes,
-            G,
-            _bits(G),
-            sq,
-            metric,
-            margin,
-            sort_min_positives,
-            result.anchor,
-            result.positive,
-            result.negative,
-            result.semihard,
-            result.loss,
-        )
-    return result
+def mine(batch, sorted_search_min_positives=SORTED_SEARCH_MIN_POSITIVES):
+    classes = class_tables(batch.codes)
+    G, keys, key_range, sq, _ = _distance_rows(batch)
+    mined = _mined_pairs(batch, classes, True)
+    search = (sorted_search_min_positives, BUCKET_MAX)
+    _run(batch, classes, G, keys, key_range, sq, search, (False, 0.0), mined)
+    return MiningResult(mined.anchor, mined.positive, mined.negative, mined.semihard, mined.loss)

@@ -20,6 +20,7 @@ import os
 import numba
 
 from . import _cpu, _numpy, _python
+from ._device import INSTALL_HINT, is_device_array
 from ._inputs import host_batch
 
 HOST_BACKENDS = {"python": _python, "numpy": _numpy, "cpu": _cpu}
@@ -30,26 +31,7 @@ BACKEND_NAMES = ("auto", *HOST_BACKENDS, "cuda")
 DEFAULT_CUDA_MIN_BATCH = 4096
 CUDA_MIN_BATCH_ENV = "SEMIHARD_NUMBA_CUDA_MIN_BATCH"
 
-INSTALL_HINT = (
-    'pip install "semihard-numba[cuda12]" (CUDA 12 driver) or "semihard-numba[cuda13]" '
-    "(CUDA 13 driver)"
-)
-
 _cuda_status = None  # (usable, reason), probed once on first need
-
-
-def is_device_array(obj):
-    """True for GPU arrays (``__cuda_array_interface__``, or the CUDA simulator's arrays).
-    Needs no numba.cuda import."""
-    if type(obj).__module__.startswith("numba.cuda.simulator"):
-        return True
-    try:
-        return hasattr(obj, "__cuda_array_interface__")
-    except RuntimeError as error:  # PyTorch raises here for CUDA tensors that require grad
-        raise TypeError(
-            f"cannot use this {type(obj).__name__} through __cuda_array_interface__ ({error}); "
-            "PyTorch tensors that require grad must be detached first (tensor.detach())"
-        ) from error
 
 
 def cuda_status():

@@ -15,26 +15,55 @@ from ._inputs import check_distance_matrix
 L2_NORMALIZE_EPSILON = 1e-12  # tf.math.l2_normalize's default
 
 
-def squared_norms(x):
-    return np.einsum("ij,ij->i", x, x)
+def squared_norms(x, check=False):
+    """|x_i|^2 per row, in x's dtype; with check, `check_squared_norms` too."""
+    sq = np.einsum("ij,ij->i", x, x)
+    if check:
+        check_squared_norms(sq)
+    return sq
 
 
-def _inverse_norms(x):
-    """(|x_i|^2, rsqrt(max(|x_i|^2, 1e-12))) per row, as tf.math.l2_normalize computes them."""
+def check_squared_norms(sq):
+    """For "L2" and "squared-L2", whose formula adds two squared norms: a ValueError naming the
+    rows whose doubled squared norm overflows, since a distance from them would be inf or NaN and
+    the loss a wrong finite number. Runs even with check_finite=False (sq costs nothing more)."""
+    with np.errstate(over="ignore"):
+        rows = np.flatnonzero(np.isinf(sq + sq))
+    if rows.size:
+        raise ValueError(
+            f"the squared norms of embedding rows {rows[:10].tolist()}"
+            f"{' ...' if rows.size > 10 else ''} overflow {sq.dtype} (|x|^2 + |y|^2 is not "
+            "finite): rescale the embeddings, or pass float64"
+        )
+
+
+def _normalized(x):
+    """(n, r, clamped) as tf.math.l2_normalize(x, axis=1) computes them: n = x * r with
+    r = rsqrt(max(|x|^2, 1e-12)); clamped marks the rows below that epsilon. A row whose squared
+    norm overflows is divided by its largest entry first, so its n is still the unit vector (TF
+    gives 0) and r still 1 / |x| (which may then be subnormal)."""
     sq = squared_norms(x)
-    return sq, 1 / np.sqrt(np.maximum(sq, x.dtype.type(L2_NORMALIZE_EPSILON)))
+    r = 1 / np.sqrt(np.maximum(sq, x.dtype.type(L2_NORMALIZE_EPSILON)))
+    n = x * r[:, None]
+    huge = np.flatnonzero(np.isinf(sq))
+    if huge.size:
+        scale = np.abs(x[huge]).max(axis=1)
+        y = x[huge] / scale[:, None]
+        r_y = 1 / np.sqrt(squared_norms(y))
+        n[huge] = y * r_y[:, None]
+        r[huge] = r_y / scale
+    return n, r, sq < x.dtype.type(L2_NORMALIZE_EPSILON)
 
 
 def l2_normalize(x):
-    """tf.math.l2_normalize(x, axis=1): x * rsqrt(max(|x|^2, 1e-12))."""
-    return x * _inverse_norms(x)[1][:, None]
+    """tf.math.l2_normalize(x, axis=1): x * rsqrt(max(|x|^2, 1e-12)), without overflow."""
+    return _normalized(x)[0]
 
 
 # NumPy runs y @ y.T as a BLAS syrk, which does half the multiplications, and then mirrors the
 # triangle it computed with a strided copy. For the narrow rows of metric learning that copy costs
-# more than the multiplications it saves: at B=4096, D=128, float32, 80 ms against 32 ms for the
-# same product as a plain gemm (`python -m bench.products`). Wide rows are compute-bound and syrk's halved work
-# wins: from D ~ 1024 in float32 and ~ 512 in float64 here; 256 keeps a margin.
+# more than the multiplications it saves; wide rows are compute-bound and syrk's halved work wins.
+# `python -m bench.products` measures the crossover (bench/README.md has the figures).
 GRAM_GEMM_MAX_DIM = 256
 
 
@@ -55,7 +84,7 @@ def pairwise_distances(x, metric):
     if metric == "angular":
         n = l2_normalize(x)
         return np.maximum(1 - gram(n), 0)
-    sq = squared_norms(x)
+    sq = squared_norms(x, check=True)
     d2 = np.maximum((sq[:, None] + sq[None, :]) - 2 * gram(x), 0)
     np.fill_diagonal(d2, 0)
     return d2 if metric == "squared-L2" else np.sqrt(d2)
@@ -90,9 +119,8 @@ def symmetric_pre_distance_backward(x, S, metric):
 def normalize_backward(x, grad_n):
     """dL/dx from dL/dn, n = x * r, r = rsqrt(max(|x|^2, eps)): dn/dx = r (I - n n^T), and only
     r I where the max clamps."""
-    sq, r = _inverse_norms(x)
-    n = x * r[:, None]
-    radial = np.where(sq >= L2_NORMALIZE_EPSILON, np.einsum("ij,ij->i", grad_n, n), 0)
+    n, r, clamped = _normalized(x)
+    radial = np.where(clamped, 0, np.einsum("ij,ij->i", grad_n, n))
     return (grad_n - radial[:, None] * n) * r[:, None]
 
 

@@ -1,7 +1,7 @@
 """Validation and conversion of user input, shared by every backend.
 
-Everything a kernel may assume is established here: labels are int64 class codes of shape (B,),
-embeddings are a C-contiguous float32 or float64 (B, D) array, the margin is finite. The caller's
+Everything a kernel may assume is established here: labels are int32 class codes 0 .. C-1 of
+shape (B,), embeddings are a C-contiguous float32 or float64 (B, D) array, the margin is finite. The caller's
 arrays are never written to.
 """
 
@@ -12,14 +12,14 @@ from typing import Callable, Union
 
 import numpy as np
 
-METRICS = ("L2", "squared-L2", "angular")
+from ._metrics import NAMES as METRICS
 
 
 @dataclass(frozen=True)
 class Batch:
     """A validated batch: what the backends receive."""
 
-    codes: np.ndarray  # (B,) int64: equal codes <=> equal labels
+    codes: np.ndarray  # (B,) int32 codes 0 .. C-1: equal codes <=> equal labels
     x: np.ndarray  # (B, D) float32 or float64, C-contiguous (NumPy, or a Numba device array for
     #               device input on "cuda"); its dtype is the precision of the computation
     out_dtype: np.dtype  # dtype of the returned loss and gradient (float16 input -> float16)
@@ -69,7 +69,8 @@ def check_embedding_shape(shape, n_labels):
 
 
 def label_codes(labels):
-    """Map labels of shape (B,) or (B, 1) to int64 codes that are equal exactly where labels are."""
+    """Map labels of shape (B,) or (B, 1) to int32 codes 0 .. C-1, equal exactly where labels are
+    (int32: the compiled loops compare them once per distance, and narrower is faster)."""
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
@@ -83,12 +84,14 @@ def label_codes(labels):
     if labels.dtype.kind == "f" and np.isnan(labels).any():
         raise ValueError(f"labels contain NaN at positions {np.flatnonzero(np.isnan(labels))[:10]}")
     if labels.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        return np.zeros(0, dtype=np.int32)
+    return np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int32)
 
 
 def check_margin(margin):
-    if isinstance(margin, bool) or not isinstance(margin, (numbers.Real, np.floating, np.integer)):
+    if isinstance(margin, np.ndarray) and margin.ndim == 0:  # np.array(1.0), as configs load it
+        margin = margin[()]
+    if isinstance(margin, (bool, np.bool_)) or not isinstance(margin, numbers.Real):
         raise TypeError(f"margin must be a real number, got {margin!r}")
     if not math.isfinite(float(margin)):
         raise ValueError(f"margin must be finite, got {margin!r}")
@@ -132,17 +135,25 @@ def host_batch(labels, embeddings, margin, distance_metric, check_finite=True):
     )
 
 
+def check_distance_matrix_type(shape, dtype, batch_size):
+    """Shape and dtype checks of what a callable distance metric returned (host or device)."""
+    if tuple(shape) != (batch_size, batch_size):
+        raise ValueError(
+            f"the distance_metric callable must return a ({batch_size}, {batch_size}) matrix, "
+            f"got shape {tuple(shape)}"
+        )
+    if np.dtype(dtype).kind not in "iuf":
+        raise TypeError(f"the distance_metric callable returned dtype {dtype}, expected floats")
+
+
+NONFINITE_DISTANCES = "the distance_metric callable returned NaN or infinite distances"
+
+
 def check_distance_matrix(D, batch_size, dtype):
     """Validate what a callable distance metric returned; return it as a C-contiguous `dtype` array."""
     D = np.asarray(D)
-    if D.shape != (batch_size, batch_size):
-        raise ValueError(
-            f"the distance_metric callable must return a ({batch_size}, {batch_size}) matrix, "
-            f"got shape {D.shape}"
-        )
-    if D.dtype.kind not in "iuf":
-        raise TypeError(f"the distance_metric callable returned dtype {D.dtype}, expected floats")
+    check_distance_matrix_type(D.shape, D.dtype, batch_size)
     D = np.array(D, dtype=dtype, order="C")  # a private copy: the kernels may overwrite it
     if not np.isfinite(D).all():
-        raise ValueError("the distance_metric callable returned NaN or infinite distances")
+        raise ValueError(NONFINITE_DISTANCES)
     return D

@@ -1,4 +1,5 @@
-"""Properties specific to the compiled "cpu" backend."""
+"""Properties specific to the compiled "cpu" backend: its twin kernels, its two searches, its
+order keys, its cache and its behaviour in forked processes."""
 
 import os
 import subprocess
@@ -10,20 +11,24 @@ import pytest
 
 import semihard_numba as sn
 from semihard_numba import _cpu
+from semihard_numba._batches import clustered_batch
+from semihard_numba._inputs import host_batch
+from semihard_numba._sorted_search import sorted_search
+
+LINEAR, SORTED = 10**9, 0  # sorted_search_min_positives: never / always sort
 
 
-def clustered(B, per_class, D=16, seed=0, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(B // per_class), per_class)
-    x = rng.standard_normal((B // per_class, D))[labels] + 0.7 * rng.standard_normal((B, D))
-    return labels, (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(dtype)
+def small_batch(B, per_class, seed=0):
+    return clustered_batch(B, per_class, dim=16, noise=0.7, seed=seed)
 
 
-@pytest.mark.parametrize("per_class", [4, 64])  # linear/sorted search, sparse/dense backward
+@pytest.mark.parametrize(
+    "per_class", [4, 64]
+)  # post's loop / sorted search, sparse / dense backward
 @pytest.mark.parametrize("metric", ["L2", "squared-L2", "angular"])
 def test_bit_identical_whatever_the_thread_count(per_class, metric, monkeypatch):
     monkeypatch.setattr(_cpu, "SERIAL_MAX_BATCH", 0)  # small batches would run on one thread
-    labels, x = clustered(512, per_class)
+    labels, x = small_batch(512, per_class)
     saved = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
@@ -36,9 +41,20 @@ def test_bit_identical_whatever_the_thread_count(per_class, metric, monkeypatch)
     np.testing.assert_array_equal(one[1], many[1])
 
 
+@pytest.mark.parametrize("per_class", [4, 64])
+def test_serial_and_parallel_twins_agree(per_class, monkeypatch):
+    labels, x = small_batch(300, per_class, seed=1)
+    results = []
+    for serial_max_batch in (10**9, 0):
+        monkeypatch.setattr(_cpu, "SERIAL_MAX_BATCH", serial_max_batch)
+        results.append(sn.triplet_semihard_loss_and_grad(labels, x, backend="cpu"))
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
 @pytest.mark.parametrize("per_class", [2, 8, 256])
 def test_large_batches_agree_with_the_vectorized_port(per_class):
-    labels, x = clustered(256, per_class, seed=per_class)
+    labels, x = small_batch(256, per_class, seed=per_class)
     for metric in ("L2", "angular"):
         cpu = sn.triplet_semihard_loss(labels, x, 1.0, metric, backend="cpu")
         vectorized = sn.triplet_semihard_loss(labels, x, 1.0, metric, backend="numpy")
@@ -49,13 +65,18 @@ CACHED_RUN = """
 import numpy as np, semihard_numba as sn
 labels = np.repeat(np.arange(16), 4)
 x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+from semihard_numba import _cpu
+_cpu.SERIAL_MAX_BATCH = 0  # the parallel twins
 loss, grad = sn.triplet_semihard_loss_and_grad(labels, x)
+_cpu.SERIAL_MAX_BATCH = 10**9  # and the serial ones
+assert sn.triplet_semihard_loss_and_grad(labels, x)[0] == loss
 print(repr(float(loss)), repr(float(np.abs(grad).sum())))
 """
 
 
 def test_on_disk_cache_serves_processes_with_another_thread_count(tmp_path):
-    """The parallel kernels are cached: compile with 2 threads, then load with 1 and with 2."""
+    """The kernels are cached: compile with 2 threads, then load with 1 and with 2. Serial and
+    parallel twins have index files of their own (Numba keys its cache on the name only)."""
     outputs = []
     for threads in ("2", "1", "2"):
         env = dict(
@@ -69,89 +90,137 @@ def test_on_disk_cache_serves_processes_with_another_thread_count(tmp_path):
         )
         outputs.append(run.stdout)
     assert outputs[0] == outputs[1] == outputs[2]
-    assert list(tmp_path.rglob("*.nbi")), "nothing was cached"
+    index_files = {p.name.split("-")[0] for p in tmp_path.rglob("*.nbi")}
+    assert "_cpu._anchor_loops.locals._anchor_loop" in index_files
+    assert "_cpu._anchor_loops.locals._anchor_loop_parallel" in index_files
 
 
-@pytest.mark.parametrize("dtype, uint", [(np.float32, np.uint32), (np.float64, np.uint64)])
-def test_radix_argsort_orders_floats_like_numpy(dtype, uint):
-    from semihard_numba._radix_sort import radix_argsort
+FORKED_RUN = """
+import multiprocessing, numpy as np, semihard_numba as sn
+from semihard_numba import _cpu
+_cpu.SERIAL_MAX_BATCH = 0  # the parallel kernel, whatever the batch size
+labels = np.repeat(np.arange(50), 4)
+x = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)
+parent = sn.triplet_semihard_loss_and_grad(labels, x)  # starts the threading layer
 
-    rng = np.random.default_rng(3)
-    values = np.concatenate(
-        [
-            rng.standard_normal(3000) * 10.0 ** rng.integers(-30, 30, 3000),
-            [0.0, -0.0, np.inf, -np.inf, 1.0, 1.0, 1.0],
-        ]
-    ).astype(dtype)
-    order = radix_argsort(values.view(uint), np.arange(len(values)))
-    np.testing.assert_array_equal(values[order], np.sort(values))
-    ones = np.flatnonzero(values == 1.0)
-    assert (order[np.isin(order, ones)] == ones).all()  # stable: ties keep their index order
+def child(queue):
+    loss, grad = sn.triplet_semihard_loss_and_grad(labels, x)
+    kernel = _cpu._pick(_cpu._ANCHOR_LOOPS[False], 10**6)
+    queue.put((float(loss), grad.tobytes(), kernel.targetoptions.get("parallel", False)))
+
+context = multiprocessing.get_context("fork")
+queue = context.Queue()
+process = context.Process(target=child, args=(queue,))
+process.start()
+loss, grad, parallel = queue.get(timeout=120)
+process.join(timeout=120)
+assert process.exitcode == 0, process.exitcode
+assert loss == float(parent[0]) and grad == parent[1].tobytes()
+assert not parallel  # the child ran the serial twins
+print("forked child ok")
+"""
 
 
-@pytest.mark.parametrize("negatives", ["spread", "clumped"])  # bucketed searches / radix fallback
-def test_large_class_searches_match_the_linear_scan(negatives):
-    from semihard_numba._inputs import host_batch
+@pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX")
+def test_a_forked_child_computes_the_loss():
+    """GNU OpenMP kills a forked child entering a parallel region; the child runs the serial
+    twins and gets the parent's numbers."""
+    run = subprocess.run(
+        [sys.executable, "-c", FORKED_RUN], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "forked child ok" in run.stdout
 
+
+@pytest.mark.parametrize("negatives", ["spread", "clumped"])  # bucket sort / argsort
+def test_large_class_searches_match_the_post_loop(negatives):
     rng = np.random.default_rng(5)
     labels = np.repeat([0, 1], 60)
     x = rng.standard_normal((120, 6))
     if negatives == "clumped":  # class 1 on three points: buckets far fuller than BUCKET_MAX
         x[60:] = x[60:63][rng.integers(0, 3, 60)]
     batch = host_batch(labels, x.astype(np.float32), 0.5, "L2")
-    linear, searched = 10**9, 16  # sort_min_positives
-    assert _cpu.loss(batch, searched) == _cpu.loss(batch, linear) > 0
-    loss_s, grad_s = _cpu.loss_and_grad(batch, searched)
-    loss_l, grad_l = _cpu.loss_and_grad(batch, linear)
+    assert _cpu.loss(batch, SORTED) == _cpu.loss(batch, LINEAR) > 0
+    loss_s, grad_s = _cpu.loss_and_grad(batch, SORTED)
+    loss_l, grad_l = _cpu.loss_and_grad(batch, LINEAR)
     assert loss_s == loss_l
     np.testing.assert_array_equal(grad_s, grad_l)
     for field in ("negative", "semihard", "loss"):
         np.testing.assert_array_equal(
-            getattr(_cpu.mine(batch, searched), field), getattr(_cpu.mine(batch, linear), field)
+            getattr(_cpu.mine(batch, SORTED), field), getattr(_cpu.mine(batch, LINEAR), field)
         )
 
 
-@pytest.mark.parametrize("scale", [1e-300, 1e-307, 1e-320])  # span * buckets overflows from ~1e-305
+@pytest.mark.parametrize("scale", [1e-300, 1e-307, 1e-320])  # tiny spans of keys
 def test_large_class_search_with_tiny_distances(scale):
     from semihard_numba._distances import pairwise_distances
-    from semihard_numba._inputs import host_batch
 
     labels = np.repeat([0, 1], 40)
     x = np.random.default_rng(0).standard_normal((80, 4))
     batch = host_batch(labels, x, 0.0, lambda y: pairwise_distances(y, "L2") * scale)
-    linear, searched = 10**9, 16  # sort_min_positives
-    assert _cpu.loss(batch, searched) == _cpu.loss(batch, linear) > 0
+    assert _cpu.loss(batch, SORTED) == _cpu.loss(batch, LINEAR) > 0
     np.testing.assert_array_equal(
-        _cpu.mine(batch, searched).negative, _cpu.mine(batch, linear).negative
+        _cpu.mine(batch, SORTED).negative, _cpu.mine(batch, LINEAR).negative
     )
 
 
-@pytest.mark.parametrize("dtype, uint", [(np.float32, np.uint32), (np.float64, np.uint64)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("distances", ["spread", "ties", "negative", "clumped", "all equal"])
-def test_sorted_negatives_are_a_stable_sort_with_a_consistent_bucket_table(distances, dtype, uint):
+def test_sorted_search_is_a_stable_sort_and_a_binary_search(distances, dtype):
     rng = np.random.default_rng(7)
     B = 400
     row = {
         "spread": lambda: rng.gamma(4.0, size=B),
         "ties": lambda: rng.integers(0, 150, B) / 7.0,  # a few per value: buckets still small
         "negative": lambda: rng.standard_normal(B) - 3,  # a callable metric may give these
-        "clumped": lambda: rng.integers(0, 3, B) + 1e-3 * rng.random(B),  # radix fallback
+        "clumped": lambda: rng.integers(0, 3, B) + 1e-3 * rng.random(B),  # the argsort fallback
         "all equal": lambda: np.full(B, 0.5),
     }[distances]().astype(dtype)
-    codes = rng.integers(0, 3, B)
+    keys = _cpu.order_keys(row[None, :])[0]
+    labels = rng.integers(0, 3, B).astype(np.int32)
     a = 0
-    negatives = np.flatnonzero(codes != codes[a])
-    order, values, start, lo, scale = _cpu._sorted_negatives(
-        row, row.view(uint), codes, a, len(negatives)
-    )
+    negatives = np.flatnonzero(labels != labels[a])
+    positives = np.flatnonzero(labels == labels[a])
+    first = np.full(B, -1)
+    order, run_end = sorted_search(keys, labels, a, positives, len(negatives), 16, first)
     np.testing.assert_array_equal(order, negatives[np.argsort(row[negatives], kind="stable")])
-    np.testing.assert_array_equal(values, row[order])
-    assert (len(start) == 0) == (distances in ("clumped", "all equal"))
-    if len(start):  # bucket b holds values[start[b]:start[b + 1]]: check every one
-        for b in range(len(negatives)):
-            assert all(
-                _cpu._bucket(v, lo, scale, len(negatives)) == b
-                for v in values[start[b] : start[b + 1]]
+    sorted_values = row[order]
+    for p in positives[positives != a]:
+        assert first[p] == np.searchsorted(sorted_values, row[p], side="right")
+    for i in range(len(order)):
+        end = run_end[i]
+        assert (sorted_values[i:end] == sorted_values[i]).all()
+        assert end == len(order) or sorted_values[end] > sorted_values[i]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_order_keys_order_floats_like_numpy(dtype):
+    rng = np.random.default_rng(3)
+    exponents = rng.integers(-30, 30, 3000)
+    values = np.concatenate(
+        [rng.standard_normal(3000) * 10.0**exponents, [0.0, -0.0, 1.0, -1.0, 1.0]]
+    ).astype(dtype)
+    keys = _cpu.order_keys(values)
+    assert keys.dtype == (np.uint32 if dtype == np.float32 else np.uint64)
+    np.testing.assert_array_equal(
+        np.argsort(keys, kind="stable"), np.argsort(values, kind="stable")
+    )
+    assert keys[-5] == keys[-4]  # -0.0 and +0.0 are the same distance
+    # distances >= +0.0 need no mapping: their bit patterns are in order already
+    positive = np.abs(values) + 0
+    bits = positive.view(keys.dtype)
+    np.testing.assert_array_equal(
+        np.argsort(bits, kind="stable"), np.argsort(positive, kind="stable")
+    )
+
+
+def test_integer_keys_and_the_plain_float_loop_agree():
+    for per_class in (4, 64):
+        labels, x = small_batch(256, per_class, seed=3)
+        batch = host_batch(labels, x, 1.0, "L2")
+        for search in (LINEAR, SORTED):
+            assert _cpu.loss(batch, search, integer_keys=True) == _cpu.loss(
+                batch, search, integer_keys=False
             )
 
 
@@ -164,9 +233,10 @@ def test_gram_is_x_times_x_transposed(D):
     np.testing.assert_allclose(gram(x), exact, rtol=1e-5, atol=1e-6 * D)  # float32 rounding
 
 
+@pytest.mark.parametrize("twin", [0, 1])  # serial, parallel
 @pytest.mark.parametrize("B", [1, 7, 8, 9, 100, 257])  # one tile, edge tiles, odd tile counts
-def test_symmetrize_adds_the_transpose_in_place(B):
+def test_symmetrize_adds_the_transpose_in_place(B, twin):
     W = np.random.default_rng(B).standard_normal((B, B)).astype(np.float32)
     expected = W + W.T
-    _cpu._symmetrize(W)
+    _cpu._SYMMETRIZE[twin](W)
     np.testing.assert_array_equal(W, expected)

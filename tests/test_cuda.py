@@ -37,6 +37,7 @@ from numba import cuda
 
 import semihard_numba as sn
 from semihard_numba import _cuda
+from semihard_numba import _cuda_kernels as kernels
 
 if SIMULATOR:
     import threading
@@ -107,6 +108,22 @@ def case_id(case):
     return f"c{case['case']}-{case['kind']}-{case['metric']}-B{case['batch']}"
 
 
+def test_the_kernels_run_the_functions_of_the_cpu_backend():
+    """The post's loop and the distance formulas are shared, not copied: the kernels call the very
+    Numba functions "cpu" runs (their Python source under the simulator)."""
+    from semihard_numba import _loop, _metrics
+
+    shared = {
+        "_choose_negative": _loop.choose_negative,
+        "_count_negatives_at": _loop.count_negatives_at,
+        "_smallest_entry": _loop.smallest_entry,
+        "_distance": _metrics.distance,
+        "_pre_distance_gradient": _metrics.pre_distance_gradient,
+    }
+    for name, function in shared.items():
+        assert getattr(kernels, name) is (function.py_func if SIMULATOR else function), name
+
+
 @pytest.mark.parametrize("case", SEMIHARD_CASES, ids=case_id)
 def test_golden(case):
     labels, x, expected, expected_grad = golden(case)
@@ -164,7 +181,7 @@ def test_angular_mining_matches_python_on_the_same_distances(seed, B, n_classes)
     labels = rng.integers(0, n_classes, B)
     x = rng.normal(size=(B, 4)).astype(np.float32)
     batch = sn._inputs.host_batch(labels, x, 1.0, "angular")
-    D = _cuda._distances(batch, cuda.to_device(x))[0].copy_to_host()
+    D = _cuda._Distances(batch, cuda.to_device(x)).D.copy_to_host()
     np.testing.assert_allclose(D, sn._distances.pairwise_distances(x, "angular"), atol=2e-6)
     got = sn.mine_semihard(labels, x, distance_metric="angular", backend="cuda")
     want = sn.mine_semihard(labels, x, distance_metric=lambda _: D, backend="python")
@@ -317,13 +334,17 @@ def test_integer_and_strided_device_input():
 
 def test_nonfinite_device_input_is_caught_on_the_device(monkeypatch):
     # Under the simulator NaN arithmetic warns; the first warning would add __warningregistry__ to
-    # _cuda's globals while other simulated threads iterate them (a simulator race): create it now.
-    monkeypatch.setattr(_cuda, "__warningregistry__", {}, raising=False)
+    # the kernels' globals while other simulated threads iterate them (a simulator race): create it.
+    monkeypatch.setattr(kernels, "__warningregistry__", {}, raising=False)
     labels, x = random_batch(B=10)
     x[3, 1] = np.nan
     x[7, 0] = np.inf
     with pytest.raises(ValueError, match=r"rows \[3, 7\]"):
         sn.triplet_semihard_loss(labels, cuda.to_device(x), backend="cuda")
+    # check_finite=False skips that check; the overflow check of "L2" still sees the inf row
+    with pytest.raises(ValueError, match=r"squared norms of embedding rows \[7\] overflow"):
+        sn.triplet_semihard_loss(labels, cuda.to_device(x), backend="cuda", check_finite=False)
+    x[7, 0] = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         sn.triplet_semihard_loss(labels, cuda.to_device(x), backend="cuda", check_finite=False)
@@ -379,3 +400,18 @@ def test_no_positive_pair_and_single_class():
     assert len(sn.mine_semihard(np.arange(6), cuda.to_device(x), backend="cuda")) == 0
     for metric in METRICS:  # one class: no negative at all, TFA uses the row minimum
         compare_with_python(np.zeros(6, dtype=int), x, metric, 1.0)
+
+
+def test_overflowing_squared_norms_raise_and_angular_normalises_huge_rows(monkeypatch):
+    monkeypatch.setattr(kernels, "__warningregistry__", {}, raising=False)  # as above
+    labels, x = random_batch(B=12)
+    big = x * np.float32(1e20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the simulator's float32 overflow
+        for metric in ("L2", "squared-L2"):
+            with pytest.raises(ValueError, match=r"squared norms of embedding rows .* overflow"):
+                sn.triplet_semihard_loss(labels, cuda.to_device(big), 1.0, metric, backend="cuda")
+        want = sn.triplet_semihard_loss(labels, x, 1.0, "angular", backend="python")
+        for emb in (big, cuda.to_device(big)):
+            got = sn.triplet_semihard_loss(labels, emb, 1.0, "angular", backend="cuda")
+            assert got == pytest.approx(want, rel=1e-5)

@@ -154,3 +154,51 @@ def test_numpy_backend_refuses_batches_beyond_its_memory_limit(monkeypatch):
     monkeypatch.setenv("SEMIHARD_NUMBA_NUMPY_MAX_BYTES", "2GiB")
     with pytest.raises(ValueError, match="SEMIHARD_NUMBA_NUMPY_MAX_BYTES must be a number"):
         loss(backend="numpy")
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["L2", "squared-L2"])
+@pytest.mark.parametrize("scale", [1e20, 1.5e19])  # |x|^2 overflows / only |x|^2 + |y|^2 does
+def test_overflowing_squared_norms_raise(function, backend, metric, scale):
+    big = (X * scale).astype(np.float32)
+    for check_finite in (True, False):  # the squared norms are computed anyway: always checked
+        with pytest.raises(
+            ValueError, match=r"squared norms of embedding rows \[.*\] overflow float32"
+        ):
+            function(LABELS, big, 1.0, metric, backend=backend, check_finite=check_finite)
+    # float64 holds them
+    result = function(LABELS, big.astype(np.float64), 1.0, metric, backend=backend)
+    values = result.loss if function is sn.mine_semihard else result
+    assert all(np.isfinite(v).all() for v in (values if isinstance(values, tuple) else [values]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_angular_normalises_huge_rows_without_overflow(backend):
+    """Scaling embeddings does not change angular distances: float32 rows at 1e20 (whose
+    squared norms overflow) give the loss and mining of the rows at scale 1."""
+    x = X.astype(np.float32)
+    big = x * np.float32(1e20)
+    with np.errstate(over="ignore"):
+        assert np.isinf((big**2).sum(axis=1)).all()
+    expected = sn.triplet_semihard_loss(LABELS, x, 0.5, "angular", backend=backend)
+    got = sn.triplet_semihard_loss(LABELS, big, 0.5, "angular", backend=backend)
+    assert got == pytest.approx(expected, rel=1e-5)
+    np.testing.assert_array_equal(
+        sn.mine_semihard(LABELS, big, 0.5, "angular", backend=backend).negative,
+        sn.mine_semihard(LABELS, x, 0.5, "angular", backend=backend).negative,
+    )
+    _, grad = sn.triplet_semihard_loss_and_grad(LABELS, big, 0.5, "angular", backend=backend)
+    _, grad_1 = sn.triplet_semihard_loss_and_grad(LABELS, x, 0.5, "angular", backend=backend)
+    np.testing.assert_allclose(grad * np.float32(1e20), grad_1, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("margin", [np.array(1.0), np.array(1), np.array(0.5, dtype=np.float32)])
+def test_margin_as_a_zero_dimensional_array(margin):
+    assert loss(margin=margin) == loss(margin=float(margin))
+
+
+@pytest.mark.parametrize("margin", [np.array([1.0]), np.array(True), True, "1.0", None])
+def test_margin_of_another_kind_is_a_type_error(margin):
+    with pytest.raises(TypeError, match="margin must be a real number"):
+        loss(margin=margin)

@@ -1,25 +1,28 @@
-"""The core issue's performance targets for the "cpu" backend: ``python -m bench.core_targets``.
+"""The "cpu" backend's performance targets: ``python -m bench.core_targets``.
 
-float32, D=128, clustered batches (bench/data.py), all in this process unless said otherwise:
+float32, D=128, clustered batches (`semihard_numba._batches`), in this process unless said:
 
-1. time of the loss at B=4096 with 4 per class, and with 2 classes of 2048, as a ratio to
-   x @ x.T (NumPy) measured interleaved in the same process: the median over rounds of the
-   per-round ratio (each round times x @ x.T, the loss and loss+gradient back to back), so a
-   load spike from other processes hits numerator and denominator alike. NumPy runs x @ x.T as a
-   syrk plus a mirror copy; the same product as a plain gemm, x @ x.copy().T (how the library
-   computes it, `semihard_numba._distances.gram`), is timed in the same rounds and reported too;
+1. the loss at B=4096 with 4 per class, and with 2 classes of 2048, as a ratio to NumPy's x @ x.T
+   measured interleaved in the same rounds (each round times x @ x.T, the gemm x @ x.copy().T, the
+   loss and loss+gradient back to back; the median of the per-round ratios), so a load spike hits
+   numerator and denominator alike. NumPy runs x @ x.T as a syrk plus a mirror copy; the library
+   computes the product as the gemm (`semihard_numba._distances.gram`), reported too;
 2. the gradient's extra cost, (loss_and_grad - loss) / (x @ x.T), same rounds;
-3. peak extra memory at B=16384, in a fresh process per case: the resident high-water mark
-   (VmHWM, reset through /proc/self/clear_refs) minus the resident size just before the call,
-   after a small warm-up call has loaded the compiled kernels. tracemalloc's peak over the same
-   call is printed beside it: it sees NumPy's allocations but not those Numba makes inside
-   compiled code (Numba's runtime allocates through its own allocator), so RSS is the honest one;
-4. first-call time in fresh processes: with an empty NUMBA_CACHE_DIR (cold: compiles and writes
-   the cache), again with that directory (warm: loads the cache), and with SEMIHARD_NUMBA_CACHE=0
-   (no on-disk cache).
+3. what the kernel's speed-ups buy, same kind of rounds: the post's loop on integer keys against
+   the same loop on the float distances (4 per class), the bucket sort against np.argsort in the
+   sorted search (2 classes of 2048), and the post's loop against the sorted search over class
+   sizes (the threshold `_cpu.SORTED_SEARCH_MIN_POSITIVES`);
+4. peak extra memory at B=16384, in a fresh process per case: the resident high-water mark (VmHWM,
+   reset through /proc/self/clear_refs) minus the resident size just before the call, after a
+   small warm-up call has loaded the compiled kernels (tracemalloc does not see Numba's
+   allocations inside compiled code; its figure is printed beside);
+5. the first call in fresh processes, at B=256 and B=4096: `import semihard_numba`, then the first
+   loss (and loss+gradient, mining, a second loss), with an empty NUMBA_CACHE_DIR (cold: compiles
+   and writes the cache), again with that directory (warm) and with SEMIHARD_NUMBA_CACHE=0.
 
-Targets (core issue, "Performance"): loss <= 1.5x x @ x.T with 4 per class, <= 2.5x with 2 classes
-of 2048; peak extra memory < 1.5 GiB at B=16384; the gradient adds about one x @ x.T.
+Targets: loss <= 1.5x x @ x.T with 4 per class, <= 2.5x with 2 classes of 2048; gradient's extra
+cost <= 1.2x; peak extra memory < 1.5 GiB at B=16384; first loss cold <= 5 s at B=256 and <= 10 s
+at B=4096, warm <= 0.5 s.
 """
 
 import argparse
@@ -35,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from bench.data import clustered_batch  # noqa: E402
+CLASS_SIZES = (4, 8, 16, 24, 32, 64, 128)  # for the threshold of the sorted search
 
 
 def _timed(fn):
@@ -44,51 +47,93 @@ def _timed(fn):
     return time.perf_counter() - t0
 
 
+def interleaved(functions, rounds):
+    """{name: [seconds per round]}: every function once per round, the order reversed every other
+    round, after two warm-up calls each."""
+    for _ in range(2):
+        for fn in functions.values():
+            fn()
+    times = {name: [] for name in functions}
+    for i in range(rounds):
+        names = list(functions)[:: -1 if i % 2 else 1]
+        for name in names:
+            times[name].append(_timed(functions[name]))
+    return times
+
+
 def ratios(batch_size, per_class, rounds, seed=0):
     import semihard_numba
+    from semihard_numba._batches import clustered_batch
 
     labels, x = clustered_batch(batch_size, per_class, 128, seed=seed)
+    t = interleaved(
+        {
+            "mm": lambda: x @ x.T,
+            "gemm": lambda: x @ x.copy().T,
+            "loss": lambda: semihard_numba.triplet_semihard_loss(labels, x, backend="cpu"),
+            "grad": lambda: semihard_numba.triplet_semihard_loss_and_grad(labels, x, backend="cpu"),
+        },
+        rounds,
+    )
 
-    def mm():
-        return x @ x.T
+    def median_ratio(numerator, denominator):
+        return statistics.median([n / d for n, d in zip(numerator, denominator)])
 
-    def gemm():
-        return x @ x.copy().T
-
-    def loss():
-        return semihard_numba.triplet_semihard_loss(labels, x, backend="cpu")
-
-    def grad():
-        return semihard_numba.triplet_semihard_loss_and_grad(labels, x, backend="cpu")
-
-    for fn in (mm, gemm, loss, grad, mm, gemm, loss, grad):  # warm-up: kernels, caches, threads
-        fn()
-    t_mm, t_gemm, t_loss, t_grad = [], [], [], []
-    for i in range(rounds):
-        order = [(mm, t_mm), (gemm, t_gemm), (loss, t_loss), (grad, t_grad)]
-        if i % 2:  # alternate the order within a round as well
-            order.reverse()
-        for fn, out in order:
-            out.append(_timed(fn))
-    per_round_loss = [l / m for l, m in zip(t_loss, t_mm)]
-    per_round_extra = [(g - l) / m for g, l, m in zip(t_grad, t_loss, t_mm)]
+    extra = [g - l for g, l in zip(t["grad"], t["loss"])]
+    per_round_loss = [l / m for l, m in zip(t["loss"], t["mm"])]
     return {
         "B": batch_size,
         "per_class": per_class,
         "rounds": rounds,
-        "matmul_ms": statistics.median(t_mm) * 1e3,
-        "gemm_ms": statistics.median(t_gemm) * 1e3,
-        "loss_ratio_gemm": statistics.median([l / m for l, m in zip(t_loss, t_gemm)]),
-        "grad_extra_ratio_gemm": statistics.median(
-            [(g - l) / m for g, l, m in zip(t_grad, t_loss, t_gemm)]
-        ),
-        "loss_ms": statistics.median(t_loss) * 1e3,
-        "loss_and_grad_ms": statistics.median(t_grad) * 1e3,
+        "matmul_ms": statistics.median(t["mm"]) * 1e3,
+        "gemm_ms": statistics.median(t["gemm"]) * 1e3,
+        "loss_ms": statistics.median(t["loss"]) * 1e3,
+        "loss_and_grad_ms": statistics.median(t["grad"]) * 1e3,
         "loss_ratio": statistics.median(per_round_loss),
-        "loss_ratio_of_medians": statistics.median(t_loss) / statistics.median(t_mm),
-        "grad_extra_ratio": statistics.median(per_round_extra),
         "loss_ratio_range": [min(per_round_loss), max(per_round_loss)],
+        "grad_extra_ratio": median_ratio(extra, t["mm"]),
+        "loss_ratio_gemm": median_ratio(t["loss"], t["gemm"]),
+        "grad_extra_ratio_gemm": median_ratio(extra, t["gemm"]),
     }
+
+
+def search_variants(rounds):
+    """Medians in ms of the "cpu" loss with and without each speed-up, at B=4096."""
+    from semihard_numba import _cpu
+    from semihard_numba._batches import clustered_batch
+    from semihard_numba._inputs import host_batch
+
+    def batch(per_class):
+        return host_batch(*clustered_batch(4096, per_class, 128), 1.0, "L2")
+
+    never = 10**9  # sorted_search_min_positives: the post's loop for every anchor
+    small, large = batch(4), batch(2048)
+    variants = {
+        "4 per class: post's loop, integer keys": lambda: _cpu.loss(small),
+        "4 per class: post's loop, float distances": lambda: _cpu.loss(small, integer_keys=False),
+        "2 classes: sorted search, bucket sort": lambda: _cpu.loss(large),
+        "2 classes: sorted search, np.argsort": lambda: _cpu.loss(large, bucket_max=0),
+    }
+    times = interleaved(variants, rounds)
+    out = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    start = time.perf_counter()
+    _cpu.loss(large, never)  # O(P N) per anchor: one call says enough
+    out["2 classes: post's loop alone (one call)"] = (time.perf_counter() - start) * 1e3
+    crossover = []
+    for per_class in CLASS_SIZES:
+        b = batch(per_class)
+        t = interleaved(
+            {"post": lambda: _cpu.loss(b, never), "sorted": lambda: _cpu.loss(b, 0)},
+            max(3, rounds // 3),
+        )
+        crossover.append(
+            {
+                "per_class": per_class,
+                "post_ms": statistics.median(t["post"]) * 1e3,
+                "sorted_ms": statistics.median(t["sorted"]) * 1e3,
+            }
+        )
+    return {"variants": out, "crossover": crossover}
 
 
 # ---- child processes -------------------------------------------------------------------------
@@ -99,13 +144,13 @@ def _child_memory(batch_size, per_class, what):
 
     import semihard_numba
     from bench._worker import PeakMemory
+    from semihard_numba._batches import clustered_batch
 
     fn = {
         "loss": semihard_numba.triplet_semihard_loss,
         "loss_and_grad": semihard_numba.triplet_semihard_loss_and_grad,
     }[what]
-    small = clustered_batch(256, min(per_class, 128), 128)
-    fn(*small, backend="cpu")  # load/compile the kernels first
+    fn(*clustered_batch(2048, min(per_class, 1024), 128), backend="cpu")  # load the kernels
     labels, x = clustered_batch(batch_size, per_class, 128)
     peak = PeakMemory()
     peak.reset()
@@ -122,28 +167,22 @@ def _child_memory(batch_size, per_class, what):
         "peak_method": peak.method,
         "rss_peak_extra_bytes": rss_extra,
         "tracemalloc_peak_bytes": traced_peak,
-        "input_bytes": x.nbytes,
     }
 
 
-def _child_first_call():
+def _child_first_call(batch_size):
     t0 = time.perf_counter()
     import semihard_numba
 
-    t_import = time.perf_counter() - t0
-    labels, x = clustered_batch(4096, 4, 128)
-    labels2, x2 = clustered_batch(4096, 2048, 128)
-    out = {"import_s": t_import}
-    out["first_loss_s"] = _timed(
-        lambda: semihard_numba.triplet_semihard_loss(labels, x, backend="cpu")
-    )
-    out["first_loss_and_grad_s"] = _timed(
+    out = {"import_s": time.perf_counter() - t0}
+    from semihard_numba._batches import clustered_batch
+
+    labels, x = clustered_batch(batch_size, 4, 128)
+    out["loss_s"] = _timed(lambda: semihard_numba.triplet_semihard_loss(labels, x, backend="cpu"))
+    out["loss_and_grad_s"] = _timed(
         lambda: semihard_numba.triplet_semihard_loss_and_grad(labels, x, backend="cpu")
     )
-    out["first_loss_2_classes_s"] = _timed(
-        lambda: semihard_numba.triplet_semihard_loss(labels2, x2, backend="cpu")
-    )
-    out["first_mine_s"] = _timed(lambda: semihard_numba.mine_semihard(labels, x, backend="cpu"))
+    out["mine_s"] = _timed(lambda: semihard_numba.mine_semihard(labels, x, backend="cpu"))
     out["second_loss_s"] = _timed(
         lambda: semihard_numba.triplet_semihard_loss(labels, x, backend="cpu")
     )
@@ -172,8 +211,22 @@ def _child_main(spec):
     if spec["kind"] == "memory":
         result = _child_memory(spec["B"], spec["per_class"], spec["what"])
     else:
-        result = _child_first_call()
+        result = _child_first_call(spec["B"])
     print(json.dumps(result))
+
+
+def first_calls():
+    """{B: {cache: child result}}, every B with its own empty cache directory."""
+    out = {}
+    for batch_size in (256, 4096):
+        spec = {"kind": "first", "B": batch_size}
+        with tempfile.TemporaryDirectory() as cache:
+            out[batch_size] = {
+                "cold cache (empty NUMBA_CACHE_DIR)": _spawn(spec, {"NUMBA_CACHE_DIR": cache}),
+                "warm cache (second process)": _spawn(spec, {"NUMBA_CACHE_DIR": cache}),
+                "no cache (SEMIHARD_NUMBA_CACHE=0)": _spawn(spec, {"SEMIHARD_NUMBA_CACHE": "0"}),
+            }
+    return out
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -216,6 +269,8 @@ def main(argv=None):
     res["k4"] = ratios(4096, 4, a.rounds)
     print("timing B=4096, 2 classes of 2048 ...", flush=True)
     res["k2048"] = ratios(4096, 2048, a.rounds)
+    print("timing the searches' variants ...", flush=True)
+    res["search"] = search_variants(a.rounds)
     res["memory"] = []
     for per_class, what in ((4, "loss"), (a.memory_b // 2, "loss"), (4, "loss_and_grad")):
         print(
@@ -225,16 +280,7 @@ def main(argv=None):
             _spawn({"kind": "memory", "B": a.memory_b, "per_class": per_class, "what": what})
         )
     print("first-call times (fresh processes) ...", flush=True)
-    with tempfile.TemporaryDirectory() as cache:
-        res["first_call"] = {
-            "cold cache (empty NUMBA_CACHE_DIR)": _spawn(
-                {"kind": "first"}, {"NUMBA_CACHE_DIR": cache}
-            ),
-            "warm cache (second process)": _spawn({"kind": "first"}, {"NUMBA_CACHE_DIR": cache}),
-            "no cache (SEMIHARD_NUMBA_CACHE=0)": _spawn(
-                {"kind": "first"}, {"SEMIHARD_NUMBA_CACHE": "0"}
-            ),
-        }
+    res["first_call"] = first_calls()
     res["loadavg_end"] = list(os.getloadavg())
     text = report(res)
     print()
@@ -260,17 +306,19 @@ def report(res):
         "",
         "| target | measured | goal | |",
         "|---|---|---|---|",
-        f"| loss, B=4096, 4 per class | {k4['loss_ratio']:.2f}x x @ x.T ({k4['loss_ms']:.0f} ms vs "
-        f"{k4['matmul_ms']:.0f} ms; rounds {k4['loss_ratio_range'][0]:.2f}-{k4['loss_ratio_range'][1]:.2f}x) "
-        f"| <= 1.5x | {verdict(k4['loss_ratio'] <= 1.5)} |",
-        f"| loss, B=4096, 2 classes of 2048 | {k2['loss_ratio']:.2f}x ({k2['loss_ms']:.0f} ms vs "
-        f"{k2['matmul_ms']:.0f} ms; rounds {k2['loss_ratio_range'][0]:.2f}-{k2['loss_ratio_range'][1]:.2f}x) "
-        f"| <= 2.5x | {verdict(k2['loss_ratio'] <= 2.5)} |",
-        f"| gradient's extra cost, 4 per class | {k4['grad_extra_ratio']:.2f}x x @ x.T "
-        f"(loss+grad {k4['loss_and_grad_ms']:.0f} ms) | about 1x | |",
-        f"| gradient's extra cost, 2 classes | {k2['grad_extra_ratio']:.2f}x x @ x.T "
-        f"(loss+grad {k2['loss_and_grad_ms']:.0f} ms) | about 1x | |",
     ]
+    for name, k, goal in (("4 per class", k4, 1.5), ("2 classes of 2048", k2, 2.5)):
+        lines.append(
+            f"| loss, B=4096, {name} | {k['loss_ratio']:.2f}x x @ x.T ({k['loss_ms']:.0f} ms vs "
+            f"{k['matmul_ms']:.0f} ms; rounds {k['loss_ratio_range'][0]:.2f}-"
+            f"{k['loss_ratio_range'][1]:.2f}x) | <= {goal}x | {verdict(k['loss_ratio'] <= goal)} |"
+        )
+    for name, k in (("4 per class", k4), ("2 classes", k2)):
+        lines.append(
+            f"| gradient's extra cost, {name} | {k['grad_extra_ratio']:.2f}x x @ x.T "
+            f"(loss+grad {k['loss_and_grad_ms']:.0f} ms) | <= 1.2x | "
+            f"{verdict(k['grad_extra_ratio'] <= 1.2)} |"
+        )
     lines += [
         "",
         "The same rounds against x @ x.copy().T, the product as a plain gemm (what the loss itself "
@@ -284,6 +332,20 @@ def report(res):
             f"| {name} | {k['matmul_ms']:.0f} ms | {k['gemm_ms']:.0f} ms | "
             f"{k['loss_ratio_gemm']:.2f}x | {k['grad_extra_ratio_gemm']:.2f}x |"
         )
+    lines += ["", "What the speed-ups buy (loss, B=4096, median ms):", ""]
+    lines += ["| variant | ms |", "|---|---:|"]
+    lines += [f"| {name} | {ms:.0f} |" for name, ms in res["search"]["variants"].items()]
+    lines += [
+        "",
+        "The post's loop against the sorted search by class size (loss, B=4096, median ms):",
+        "",
+        "| per class | post's loop | sorted search |",
+        "|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {c['per_class']} | {c['post_ms']:.0f} | {c['sorted_ms']:.0f} |"
+        for c in res["search"]["crossover"]
+    ]
     lines += ["", "| memory | measured | goal | |", "|---|---|---|---|"]
     for m in res["memory"]:
         gib = m["rss_peak_extra_bytes"] / 2**30
@@ -295,17 +357,18 @@ def report(res):
         )
     lines += [
         "",
-        "First call in a fresh process (B=4096; seconds):",
+        "First calls in a fresh process, 4 per class (seconds; the loss's first call goal: cold "
+        "<= 5 s at B=256 and <= 10 s at B=4096, warm <= 0.5 s):",
         "",
-        "| cache | import | loss | loss+grad | loss, 2 classes | mine | second loss |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| B | cache | import | first loss | then loss+grad | then mine | second loss |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for name, fc in res["first_call"].items():
-        lines.append(
-            f"| {name} | {fc['import_s']:.2f} | {fc['first_loss_s']:.2f} | "
-            f"{fc['first_loss_and_grad_s']:.2f} | {fc['first_loss_2_classes_s']:.2f} | "
-            f"{fc['first_mine_s']:.2f} | {fc['second_loss_s']:.3f} |"
-        )
+    for batch_size, runs in res["first_call"].items():
+        for name, fc in runs.items():
+            lines.append(
+                f"| {batch_size} | {name} | {fc['import_s']:.2f} | {fc['loss_s']:.2f} | "
+                f"{fc['loss_and_grad_s']:.2f} | {fc['mine_s']:.2f} | {fc['second_loss_s']:.3f} |"
+            )
     return "\n".join(lines)
 
 

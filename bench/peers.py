@@ -31,8 +31,7 @@ functions, so this module imports with none of those packages installed.
 Everything runs on the CPU.
 
 Run ``python bench/peers.py`` for an availability report and a small
-agreement check; ``python bench/peers.py --time --peer tfa --sizes 1024``
-times one peer (use one peer per process so peak RSS means something).
+agreement check; ``python -m bench --impl tfa`` times a peer.
 """
 
 from __future__ import annotations
@@ -41,6 +40,8 @@ import os
 import warnings
 
 import numpy as np
+
+from semihard_numba._batches import clustered_batch
 
 __all__ = [
     "PEERS",
@@ -343,22 +344,11 @@ def available():
 # --------------------------------------------------------------------------
 
 
-def clustered_batch(n_classes=16, per_class=4, dim=16, spread=0.3, seed=0):
-    """Random clustered batch, L2-normalised: (labels int64, embeddings float32)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_classes, dim))
-    labels = np.repeat(np.arange(n_classes, dtype=np.int64), per_class)
-    x = centres[labels] + spread * rng.standard_normal((labels.size, dim))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    perm = rng.permutation(labels.size)
-    return labels[perm], x[perm].astype(np.float32)
-
-
 def _check(margin):
     avail = available()
     for name, (ok, why) in avail.items():
         print(f"{name:22s} {'yes' if ok else 'NO '}  {why}")
-    labels, emb = clustered_batch()
+    labels, emb = clustered_batch(64, 4, 16)
     res = {}
     for name, (loss_fn, vg_fn) in PEERS.items():
         if avail[name][0]:
@@ -376,48 +366,12 @@ def _check(margin):
         )
 
 
-def _time(peer, sizes, dim, per_class, repeats, grad, margin):
-    import resource
-    import time
-
-    loss_fn, vg_fn = PEERS[peer]
-    fn = vg_fn if grad else loss_fn
-    for b in sizes:
-        labels, emb = clustered_batch(
-            n_classes=b // per_class, per_class=per_class, dim=dim, seed=b
-        )
-        fn(labels, emb, margin)  # warm-up (tracing / JIT / allocation)
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(labels, emb, margin)
-            ts.append(time.perf_counter() - t0)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        print(
-            f"{peer:22s} B={b:5d} D={dim} grad={grad!s:5s} median={np.median(ts) * 1e3:10.1f} ms  "
-            f"min={min(ts) * 1e3:10.1f} ms  peak_rss={rss:6.2f} GiB  "
-            f"all_ms={[round(t * 1e3, 1) for t in ts]}",
-            flush=True,
-        )
-
-
 def main(argv=None):
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--time", action="store_true", help="time instead of checking")
-    p.add_argument("--peer", choices=sorted(PEERS), default="sentence_transformers")
-    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--per-class", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--grad", action="store_true", help="time loss+gradient")
     p.add_argument("--margin", type=float, default=1.0)
-    a = p.parse_args(argv)
-    if a.time:
-        _time(a.peer, a.sizes, a.dim, a.per_class, a.repeats, a.grad, a.margin)
-    else:
-        _check(a.margin)
+    _check(p.parse_args(argv).margin)
 
 
 if __name__ == "__main__":

@@ -6,15 +6,7 @@ import time
 import numpy as np
 
 from . import backends, mine_semihard, triplet_semihard_loss
-
-
-def example_batch(batch_size=128, per_class=4, dim=32, seed=0):
-    """Clustered, L2-normalised float32 embeddings: per_class samples around each class centre."""
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(batch_size // per_class), per_class)
-    x = rng.standard_normal((batch_size // per_class, dim))[labels]
-    x += 0.8 * rng.standard_normal((len(labels), dim))
-    return labels, (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from ._batches import clustered_batch
 
 
 def main(argv=None):
@@ -26,7 +18,7 @@ def main(argv=None):
     parser.add_argument("--metric", default="L2", choices=["L2", "squared-L2", "angular"])
     args = parser.parse_args(argv)
 
-    labels, x = example_batch(args.batch_size, args.per_class, args.dim)
+    labels, x = clustered_batch(args.batch_size, args.per_class, args.dim)
     mined = mine_semihard(labels, x, args.margin, args.metric, backend="cpu")
     print(
         f"batch: B = {len(labels)}, D = {args.dim}, {len(np.unique(labels))} classes, "

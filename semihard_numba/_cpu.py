@@ -36,11 +36,11 @@ from ._metrics import ANGULAR, PRECOMPUTED, code, distance, pre_distance_gradien
 from ._mining import MiningResult
 from ._sorted_search import BUCKET_MAX, sorted_search
 
-# An anchor with at least this many positives sorts its negatives instead of scanning them for
-# each positive (bench/README.md, "Core targets", has the measurements behind the values here).
-SORTED_SEARCH_MIN_POSITIVES = 16
+# An anchor with at least this many positives sorts its negatives instead of running the post's
+# loop for each positive: about where the two cost the same (bench/README.md, "Core targets").
+SORTED_SEARCH_MIN_POSITIVES = 24
 
-# Smaller batches run on one thread.
+# Smaller batches run on the serial twins (bench/README.md, "Threads").
 SERIAL_MAX_BATCH = 1024
 
 # The gradient walks the nonzeros of dL/dP while their share of a row is below 1 / this.

@@ -102,28 +102,35 @@ def search_variants(rounds):
     from semihard_numba import _cpu
     from semihard_numba._batches import clustered_batch
     from semihard_numba._inputs import host_batch
+    from semihard_numba._rules import SEMIHARD, Rule
 
     def batch(per_class):
         return host_batch(*clustered_batch(4096, per_class, 128), 1.0, "L2")
 
+    def loss(b, **speed_ups):  # the semi-hard loss, the kernel's speed-ups switched
+        return _cpu.evaluate(b, Rule(SEMIHARD), False, **speed_ups)
+
     never = 10**9  # sorted_search_min_positives: the post's loop for every anchor
     small, large = batch(4), batch(2048)
     variants = {
-        "4 per class: post's loop, integer keys": lambda: _cpu.loss(small),
-        "4 per class: post's loop, float distances": lambda: _cpu.loss(small, integer_keys=False),
-        "2 classes: sorted search, bucket sort": lambda: _cpu.loss(large),
-        "2 classes: sorted search, np.argsort": lambda: _cpu.loss(large, bucket_max=0),
+        "4 per class: post's loop, integer keys": lambda: loss(small),
+        "4 per class: post's loop, float distances": lambda: loss(small, integer_keys=False),
+        "2 classes: sorted search, bucket sort": lambda: loss(large),
+        "2 classes: sorted search, np.argsort": lambda: loss(large, bucket_max=0),
     }
     times = interleaved(variants, rounds)
     out = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     start = time.perf_counter()
-    _cpu.loss(large, never)  # O(P N) per anchor: one call says enough
+    loss(large, sorted_search_min_positives=never)  # O(P N) per anchor: one call says enough
     out["2 classes: post's loop alone (one call)"] = (time.perf_counter() - start) * 1e3
     crossover = []
     for per_class in CLASS_SIZES:
         b = batch(per_class)
         t = interleaved(
-            {"post": lambda: _cpu.loss(b, never), "sorted": lambda: _cpu.loss(b, 0)},
+            {
+                "post": lambda: loss(b, sorted_search_min_positives=never),
+                "sorted": lambda: loss(b, sorted_search_min_positives=0),
+            },
             max(3, rounds // 3),
         )
         crossover.append(

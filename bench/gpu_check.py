@@ -362,6 +362,7 @@ def ptx_only(cc):
     from numba import types as t
 
     from semihard_numba import _cuda, _cuda_kernels
+    from semihard_numba._rules import CODES
 
     try:  # device functions otherwise ask the (absent) driver for the current device
         import numba.cuda.dispatcher as dispatcher
@@ -373,27 +374,21 @@ def ptx_only(cc):
     for dt, f in (("<f4", t.float32), ("<f8", t.float64)):
         M, V, I = f[:, ::1], f[::1], t.int64[::1]
         classes = t.Tuple((t.int32[::1], I, I, I, I))
+        totals = t.float64[:, ::1]
+        common = (M, classes, f, t.int64, totals)
         mined = t.Tuple((I, I, I, t.boolean[::1], V))
         chosen = t.Tuple((V, I))
-        mining = (M, classes, f, t.int64, t.float64[::1], mined, chosen)
         row_norms, symmetrize, finish_squared, finish_angular = _cuda_kernels.elementwise_kernels(
             dt
         )
+        gram = _cuda_kernels.matmul_kernel(dt, _cuda.TILE, _cuda.REG, True)
         kernels = {
-            "gram": (
-                _cuda_kernels.matmul_kernel(dt, _cuda.TILE, _cuda.REG, True),
-                (M, M, V, t.int64, M),
-            ),
+            "gram": (gram, (M, M, V, t.int64, M)),
             "matmul": (
                 _cuda_kernels.matmul_kernel(dt, _cuda.TILE, _cuda.REG, False),
                 (M, M, V, t.int64, M),
             ),
-            "mining loss": (_cuda_kernels.mining_kernel(dt, _cuda.THREADS, False, False), mining),
-            "mining mine+grad": (
-                _cuda_kernels.mining_kernel(dt, _cuda.THREADS, True, True),
-                mining,
-            ),
-            "sum": (_cuda_kernels.sum_kernel(_cuda.THREADS), (t.float64[::1], t.float64[::1])),
+            "totals": (_cuda_kernels.totals_kernel(_cuda.THREADS), (totals, t.float64[::1])),
             "rowsum": (_cuda_kernels.rowsum_kernel(dt, _cuda.THREADS), (M, V)),
             "row_norms": (row_norms, (M, t.int64, V, M, V)),
             "symmetrize": (symmetrize, (M, f)),
@@ -401,6 +396,22 @@ def ptx_only(cc):
             "finish_angular": (finish_angular, (M, V, V, M, M)),
             "nonfinite": (_cuda_kernels.nonfinite_rows_kernel, (M, t.uint8[::1])),
         }
+        for want_mine, want_grad in ((False, False), (True, False), (False, True)):
+            kernel = _cuda_kernels.semihard_kernel(dt, _cuda.THREADS, want_mine, want_grad)
+            kernels[f"semihard mine={want_mine} grad={want_grad}"] = (
+                kernel,
+                (*common, mined, chosen),
+            )
+        for soft in (False, True):
+            for want_grad in (False, True):
+                kernel = _cuda_kernels.hard_kernel(dt, _cuda.THREADS, soft, want_grad)
+                kernels[f"hard soft={soft} grad={want_grad}"] = (kernel, common)
+        for rule in ("batch-all", "all-semihard"):
+            for want_grad in (False, True):
+                kernel = _cuda_kernels.every_triplet_kernel(
+                    dt, _cuda.THREADS, CODES[rule], want_grad
+                )
+                kernels[f"{rule} grad={want_grad}"] = (kernel, (*common, I))
         for name, (kernel, sig) in kernels.items():
             try:
                 cuda.compile_ptx(kernel.py_func, sig, cc=cc)

@@ -1,12 +1,18 @@
-"""Backend "cpu": the post's loop compiled with Numba, parallel over anchors.
+"""Backend "cpu": the post's loops compiled with Numba, parallel over anchors.
 
 The distance matrix starts as the Gram matrix y @ y.T from NumPy's BLAS (`_distances.gram`), the
-one cost every implementation pays. Then `_anchor_loop` runs the post's loops: every anchor turns
-its own row into distances in place (`_metrics.distance`) and, for every positive, takes its
-negative from the post's search (`_loop.choose_negative`) or, when the anchor has at least
-SORTED_SEARCH_MIN_POSITIVES positives, from its sorted negatives (`_sorted_search`). Nothing else of
-size B x B is allocated and no two threads touch the same row. Each anchor's sum goes to its own
-slot and the slots are added in a fixed order, so the result does not depend on the thread count.
+one cost every implementation pays. Then each rule's kernel runs the post's loops over it: every
+anchor turns its own row into distances in place (`_metrics.distance`) and runs its positive loop
+over that row. For "semihard" that is the post itself, each positive's negative coming from the
+post's search (`_loop.choose_negative`); "batch-all" and "all-semihard" loop over the negatives of
+every positive (`_loop.pair_triplets`); "hard" needs one pass over the row (`_loop.hardest_pair`).
+An anchor with at least SORTED_SEARCH_MIN_POSITIVES positives sorts its negatives once instead
+(`_sorted_search`). Nothing else of size B x B is allocated and no two threads touch the same row.
+Each anchor's sums go to their own slots, added in a fixed order after the kernel, so the result
+does not depend on the thread count.
+
+The kernels compute the sum over the rule's triplets, its gradient with respect to the distances
+(then to the embeddings) and the counts of `TripletStats`; `Rule.scale` makes the mean.
 
 Every kernel is compiled twice from one body, serial and parallel (pynndescent's habit), each only
 when first called. The serial twin runs batches below SERIAL_MAX_BATCH, where waking threads costs
@@ -31,10 +37,20 @@ from ._distances import (
     symmetric_pre_distance_backward,
 )
 from ._inputs import check_distance_matrix
-from ._loop import choose_negative, count_negatives_at, smallest_entry
+from ._loop import (
+    BATCH_ALL_CODE,
+    choose_negative,
+    count_negatives_at,
+    hard_candidate,
+    hardest_pair,
+    pair_triplets,
+    passing_positives,
+    smallest_entry,
+)
 from ._metrics import ANGULAR, PRECOMPUTED, code, distance, pre_distance_gradient
 from ._mining import MiningResult
-from ._sorted_search import BUCKET_MAX, sorted_search
+from ._rules import BATCH_ALL_EPSILON, HARD, SEMIHARD, Rule, TripletStats
+from ._sorted_search import BUCKET_MAX, every_triplet, semihard_negatives
 
 # An anchor with at least this many positives sorts its negatives instead of running the post's
 # loop for each positive: about where the two cost the same (bench/README.md, "Core targets").
@@ -74,55 +90,63 @@ def _pick(kernels, batch_size):
     return serial if batch_size < SERIAL_MAX_BATCH or _forked else parallel
 
 
-def _anchor_loops(with_sorted_search):
-    """The (serial, parallel) `_anchor_loop` kernels, with the sorted search of large classes
-    compiled in or not: Numba drops the branches on the constant `with_sorted_search` before
-    compiling,
-    and ordinary batches never pay the sort's compile time."""
+@njit(cache=CACHE)
+def _to_distances(row, sq, a, metric):
+    """Row a of the Gram matrix, in place, to row a of TFA's distance matrix."""
+    if metric != PRECOMPUTED:  # a callable metric's row is a distance row already
+        for n in range(row.shape[0]):
+            row[n] = distance(row[n], sq, a, n, metric)
 
-    def _anchor_loop(
-        labels, classes, G, keys, key_range, sq, metric, margin, search, gradient, mined, sums
+
+@njit(cache=CACHE)
+def _to_pre_distance_gradient(row, grad, metric):
+    """Row a of the distance matrix, in place, to row a of dS/dP from grad = dS/dD[a, :]."""
+    for n in range(row.shape[0]):
+        row[n] = pre_distance_gradient(grad[n], row[n], metric, row)
+
+
+def _semihard_loops(with_sorted_search):
+    """The (serial, parallel) kernels of the "semihard" rule, with the sorted search of large
+    classes compiled in or not: Numba drops the branches on the constant `with_sorted_search`
+    before compiling, and ordinary batches never pay the sort's compile time."""
+
+    def _semihard_loop(
+        labels, classes, G, keys, key_range, sq, metric, margin, search, want_grad, mined, totals
     ):
-        """The post's loops over a batch, for every anchor at once (parallel twin: one anchor per
-        thread at a time).
+        """The post's loops over a batch, every anchor at once (parallel: an anchor a thread).
 
         labels: (B,) class codes; classes = (members, start) of `_classes.Classes`.
-        G: (B, B), the Gram matrix, turned into distances row by row in place (a callable
-        metric's matrix is used as it is). keys: G's distances as order keys (`order_keys`),
-        key_range = (above, below) every key.
-        search = (sorted_search_min_positives, bucket_max), see `_sorted_search`.
-        gradient = (want, weight): with want, row a of G ends as dL/dP[a, :]; weight = 1 / pairs.
-        mined: a `MinedPairs`, one entry per pair where mined.want.
-        sums[a]: anchor a's sum of triplet losses (float64).
+        G: (B, B), the Gram matrix or a callable metric's distances; row a ends as dS/dP[a, :]
+        with want_grad, else as distances. keys: G's distances as order keys (`order_keys`),
+        key_range = (above, below) every key. search = (sorted_search_min_positives,
+        bucket_max). mined: a `MinedPairs`. totals[a] = (sum, pairs, active, semihard).
         """
         N = labels.shape[0]
         members, start = classes
         above, below = key_range
         sorted_search_min_positives, bucket_max = search
-        want_grad, weight = gradient
         zero = G.dtype.type(0)
         for a in prange(N):  # give every embedding in the batch the chance to be an anchor
             distances = G[a]
-            if metric != PRECOMPUTED:
-                for n in range(N):
-                    distances[n] = distance(distances[n], sq, a, n, metric)
+            _to_distances(distances, sq, a, metric)
             keys_a = keys[a]
             same = members[start[labels[a]] : start[labels[a] + 1]]
             n_negatives = N - same.shape[0]
             sort = n_negatives > 0 and same.shape[0] - 1 >= sorted_search_min_positives
             if with_sorted_search and sort:  # the second path: sort a's negatives once
                 first = np.empty(N, dtype=np.int64)
-                order, run_end = sorted_search(
-                    keys_a, labels, a, same, n_negatives, bucket_max, first
+                order, run_end = semihard_negatives(
+                    distances, labels, a, same, n_negatives, bucket_max, first
                 )
                 far = n_negatives - 1  # the easiest negative: the first of the last tied run
                 while far > 0 and run_end[far - 1] == n_negatives:
                     far -= 1
-            grad = np.zeros(N if want_grad else 0, dtype=G.dtype)  # dL/dD[a, :]
+            grad = np.zeros(N if want_grad else 0, dtype=G.dtype)  # dS/dD[a, :]
             total = 0.0
+            active = semihard_pairs = 0
             k = 0
-            for p in same:  # try all positives for the anchor
-                if a == p:
+            for p in same:  # try all positives for the anchor (the post scans all N and skips
+                if a == p:  # other labels: with large classes that skip is a coin toss)
                     continue  # positive cannot be the same as the anchor
                 if n_negatives == 0:  # TFA's masked maximum over no negative: the row's minimum
                     smallest, ties = smallest_entry(distances)
@@ -138,6 +162,8 @@ def _anchor_loops(with_sorted_search):
                     d_an = distances[n0]
                 l = margin + (distances[p] - d_an)
                 total += max(l, zero)
+                active += l > zero
+                semihard_pairs += semihard
                 if mined.want:
                     pair = mined.pair_offset[a] + k
                     mined.anchor[pair] = a
@@ -146,34 +172,124 @@ def _anchor_loops(with_sorted_search):
                     mined.semihard[pair] = semihard
                     mined.loss[pair] = max(l, zero)
                 if want_grad and l >= zero:  # on the hinge TF's maximum still passes gradient
-                    grad[p] += weight
-                    # the negatives tied at the chosen distance share its -weight equally
+                    grad[p] += 1
+                    # the negatives tied at the chosen distance share its -1 equally
                     if n_negatives == 0:
                         for n in range(smallest, N):
                             if distances[n] == distances[smallest]:
-                                grad[n] -= weight / ties
+                                grad[n] -= 1 / ties
                     elif with_sorted_search and sort:
                         ties = run_end[i] - i
                         for j in range(i, run_end[i]):
-                            grad[order[j]] -= weight / ties
+                            grad[order[j]] -= 1 / ties
                     else:
                         ties = count_negatives_at(keys_a, labels, a, n0)
                         if ties == 1:  # most often: no second pass
-                            grad[n0] -= weight
+                            grad[n0] -= 1
                         else:
                             for n in range(n0, N):
                                 if labels[n] != labels[a] and keys_a[n] == keys_a[n0]:
-                                    grad[n] -= weight / ties
+                                    grad[n] -= 1 / ties
                 k += 1
-            sums[a] = total
+            totals[a, 0], totals[a, 1] = total, same.shape[0] - 1
+            totals[a, 2], totals[a, 3] = active, semihard_pairs
             if want_grad:
-                for n in range(N):
-                    distances[n] = pre_distance_gradient(grad[n], distances[n], metric, distances)
+                _to_pre_distance_gradient(distances, grad, metric)
 
-    return _serial_and_parallel(_anchor_loop)
+    return _serial_and_parallel(_semihard_loop)
 
 
-_ANCHOR_LOOPS = {False: _anchor_loops(False), True: _anchor_loops(True)}
+def _hard_loop(labels, classes, G, sq, metric, margin, soft, want_grad, totals):
+    """TFA's triplet_hard_loss for every anchor: one pass over its row for its farthest positive
+    and nearest negative (`_loop.hardest_pair`). Arguments as `_semihard_loop`'s; soft: the
+    soft-margin form. totals[a] = (a's loss, 1, active, hardest positive < hardest negative)."""
+    N = labels.shape[0]
+    members, start = classes
+    zero = G.dtype.type(0)
+    for a in prange(N):  # every embedding in the batch is an anchor
+        distances = G[a]
+        _to_distances(distances, sq, a, metric)
+        size = start[labels[a] + 1] - start[labels[a]]
+        p0, p_ties, n0, n_ties = hardest_pair(distances, labels, a)
+        z = distances[p0] - distances[n0]
+        if soft:  # log1p(exp(z)) without overflow, and its slope, the sigmoid
+            l = max(np.float64(z), 0.0) + np.log1p(np.exp(-abs(np.float64(z))))
+            slope = 0.5 * (1.0 + np.tanh(0.5 * np.float64(z)))
+        else:
+            hinge = z + margin
+            l = np.float64(max(hinge, zero))
+            slope = 1.0 if hinge >= zero else 0.0  # on the hinge TF's maximum still passes
+        totals[a, 0], totals[a, 1], totals[a, 2], totals[a, 3] = l, 1, l > 0, z < zero
+        if want_grad:
+            grad = np.zeros(N, dtype=G.dtype)  # tied candidates share the gradient
+            for n in range(N):
+                positive, negative = hard_candidate(labels, a, n, size > 1, size < N)
+                if positive and distances[n] == distances[p0]:
+                    grad[n] += slope / p_ties
+                if negative and distances[n] == distances[n0]:
+                    grad[n] -= slope / n_ties
+            _to_pre_distance_gradient(distances, grad, metric)
+
+
+_HARD_LOOP = _serial_and_parallel(_hard_loop)
+
+
+def _every_triplet_loops(with_sorted_search):
+    """The (serial, parallel) kernels of "batch-all" and "all-semihard" (see `_semihard_loops`)."""
+
+    def _every_triplet_loop(
+        labels, classes, G, sq, metric, margin, rule, search, want_grad, totals
+    ):
+        """Every triplet of the rule (`_rules.CODES`), anchor by anchor: for each positive the
+        post's loop over the negatives (`_loop.pair_triplets`), or the sorted search. Arguments
+        as `_semihard_loop`'s. totals[a] = (sum, counted, active, farther)."""
+        N = labels.shape[0]
+        members, start = classes
+        sorted_search_min_positives, bucket_max = search
+        epsilon = G.dtype.type(BATCH_ALL_EPSILON if rule == BATCH_ALL_CODE else 0)
+        for a in prange(N):  # give every embedding in the batch the chance to be an anchor
+            distances = G[a]
+            _to_distances(distances, sq, a, metric)
+            same = members[start[labels[a]] : start[labels[a] + 1]]
+            n_negatives = N - same.shape[0]
+            grad = np.zeros(N if want_grad else 0, dtype=G.dtype)  # dS/dD[a, :]
+            total = 0.0
+            counted = active = farther = 0
+            sort = n_negatives > 0 and same.shape[0] - 1 >= sorted_search_min_positives
+            if with_sorted_search and sort:
+                total, counted, active, farther = every_triplet(
+                    distances, labels, a, same, n_negatives, margin, rule, epsilon, bucket_max, grad
+                )
+            else:
+                for p in same:  # try all positives for the anchor
+                    if a == p:
+                        continue  # positive cannot be the same as the anchor
+                    t, c, act, far, passing = pair_triplets(
+                        distances, labels, a, p, margin, rule, epsilon
+                    )
+                    total, counted, active, farther = (
+                        total + t,
+                        counted + c,
+                        active + act,
+                        farther + far,
+                    )
+                    if want_grad:
+                        grad[p] += passing
+                if want_grad and same.shape[0] > 1:
+                    for n in range(N):
+                        if labels[n] != labels[a]:
+                            grad[n] -= passing_positives(
+                                distances, same, a, n, margin, rule, epsilon
+                            )
+            totals[a, 0], totals[a, 1], totals[a, 2], totals[a, 3] = total, counted, active, farther
+            if want_grad:
+                _to_pre_distance_gradient(distances, grad, metric)
+
+    return _serial_and_parallel(_every_triplet_loop)
+
+
+_SEMIHARD_LOOPS = {False: _semihard_loops(False), True: _semihard_loops(True)}
+_EVERY_TRIPLET_LOOPS = {False: _every_triplet_loops(False), True: _every_triplet_loops(True)}
 
 
 def _sparse_backward(W, y, self_weight):
@@ -266,29 +382,9 @@ def _distance_rows(batch, integer_keys=True):
 _KEY_DTYPES = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
 
 
-def _run(batch, classes, G, keys, key_range, sq, search, gradient, mined):
-    with_sorted_search = bool((classes.counts[classes.counts < batch.size] > search[0]).any())
-    sums = np.zeros(batch.size)
-    _pick(_ANCHOR_LOOPS[with_sorted_search], batch.size)(
-        batch.codes,
-        (classes.members, classes.start),
-        G,
-        keys,
-        key_range,
-        sq,
-        code(batch.metric),
-        batch.x.dtype.type(batch.margin),
-        search,
-        gradient,
-        mined,
-        sums,
-    )
-    return sums.sum()
-
-
 class MinedPairs(NamedTuple):
-    """Where `_anchor_loop` writes one entry per pair (a, p) when `want`: at pair_offset[a] + k for
-    a's k-th positive. Without `want`, empty arrays of the same types (one compiled kernel)."""
+    """Where `_semihard_loop` writes one entry per pair (a, p) when `want`: at pair_offset[a] + k
+    for a's k-th positive. Without `want`, empty arrays of the same types (one compiled kernel)."""
 
     want: bool
     pair_offset: np.ndarray
@@ -310,70 +406,82 @@ def _mined_pairs(batch, classes, want):
     )
 
 
-def loss(
+def _run(batch, rule, classes, rows, search, want_grad, mined):
+    """Run the rule's kernel: totals (B, 4) float64, one row per anchor."""
+    G, keys, key_range, sq, _ = rows
+    B = batch.size
+    totals = np.zeros((B, 4))
+    metric, margin = code(batch.metric), batch.x.dtype.type(batch.margin)
+    anchor_classes = (classes.members, classes.start)
+    with_sorted_search = bool((classes.counts[classes.counts < B] > search[0]).any())
+    if rule.name == SEMIHARD:
+        kernel = _pick(_SEMIHARD_LOOPS[with_sorted_search], B)
+        kernel(
+            batch.codes,
+            anchor_classes,
+            G,
+            keys,
+            key_range,
+            sq,
+            metric,
+            margin,
+            search,
+            want_grad,
+            mined,
+            totals,
+        )
+    elif rule.name == HARD:
+        kernel = _pick(_HARD_LOOP, B)
+        kernel(batch.codes, anchor_classes, G, sq, metric, margin, rule.soft, want_grad, totals)
+    else:
+        kernel = _pick(_EVERY_TRIPLET_LOOPS[with_sorted_search], B)
+        kernel(
+            batch.codes, anchor_classes, G, sq, metric, margin, rule.code, search, want_grad, totals
+        )
+    return totals
+
+
+def evaluate(
     batch,
+    rule,
+    want_grad,
     sorted_search_min_positives=SORTED_SEARCH_MIN_POSITIVES,
     bucket_max=BUCKET_MAX,
     integer_keys=True,
-):
-    classes = class_tables(batch.codes)
-    if classes.n_pairs == 0:
-        return 0.0  # TFA: 0 / 0 = NaN
-    G, keys, key_range, sq, _ = _distance_rows(batch, integer_keys)
-    search = (sorted_search_min_positives, bucket_max)
-    total = _run(
-        batch,
-        classes,
-        G,
-        keys,
-        key_range,
-        sq,
-        search,
-        (False, 0.0),
-        _mined_pairs(batch, classes, False),
-    )
-    return total / classes.n_pairs
-
-
-def loss_and_grad(
-    batch,
-    sorted_search_min_positives=SORTED_SEARCH_MIN_POSITIVES,
     sparse_backward_max_density=SPARSE_BACKWARD_MAX_DENSITY,
 ):
+    """(loss, TripletStats, gradient or None) of `rule` (a `_rules.Rule`) on the batch. The
+    keyword arguments switch the kernel's speed-ups, for the tests and the benchmark."""
     classes = class_tables(batch.codes)
-    n_pairs = classes.n_pairs
-    if n_pairs == 0:
-        return 0.0, np.zeros_like(batch.x)
-    G, keys, key_range, sq, y = _distance_rows(batch)
-    search = (sorted_search_min_positives, BUCKET_MAX)
-    gradient = (True, 1.0 / n_pairs)
-    loss = _run(
-        batch,
-        classes,
-        G,
-        keys,
-        key_range,
-        sq,
-        search,
-        gradient,
-        _mined_pairs(batch, classes, False),
+    rows = _distance_rows(batch, integer_keys and rule.name == SEMIHARD)
+    search = (sorted_search_min_positives, bucket_max)
+    totals = _run(
+        batch, rule, classes, rows, search, want_grad, _mined_pairs(batch, classes, False)
     )
-    loss /= n_pairs
-    # G now holds dL/dP, with at most 2 (n_pairs / B) nonzeros per row plus ties. Small classes
-    # leave it sparse: walk its nonzeros. Large classes fill it: one BLAS product is cheaper.
+    total, denominator, active, semihard = totals.sum(axis=0)
+    stats = TripletStats(classes.n_pairs, int(denominator), int(active), int(semihard))
+    scale = rule.scale(stats.denominator)
+    if not want_grad:
+        return total * scale, stats, None
+    # G now holds dS/dP. With the one negative per pair of "semihard" and "hard" it has a few
+    # nonzeros per row: walk them. The other rules fill it: one BLAS product is cheaper.
+    G, _, _, _, y = rows
     B = batch.size
+    nonzeros = {SEMIHARD: 2 * classes.n_pairs, HARD: 2 * B}.get(rule.name, B * B)
     angular = code(batch.metric) == ANGULAR
-    if 2 * n_pairs * sparse_backward_max_density < B * B:
+    if nonzeros * sparse_backward_max_density < B * B:
         h = _pick(_SPARSE_BACKWARD, B)(G, y, 0.0 if angular else 1.0)
-        return loss, normalize_backward(batch.x, -h) if angular else 2 * h
-    _pick(_SYMMETRIZE, B)(G)  # S = dL/dP + its transpose: one product with S instead of two
-    return loss, symmetric_pre_distance_backward(batch.x, G, batch.metric)
+        grad = normalize_backward(batch.x, -h) if angular else 2 * h
+    else:
+        _pick(_SYMMETRIZE, B)(G)  # S = dS/dP + its transpose: one product with S instead of two
+        grad = symmetric_pre_distance_backward(batch.x, G, batch.metric)
+    return total * scale, stats, grad * grad.dtype.type(scale)
 
 
 def mine(batch, sorted_search_min_positives=SORTED_SEARCH_MIN_POSITIVES):
     classes = class_tables(batch.codes)
-    G, keys, key_range, sq, _ = _distance_rows(batch)
+    rows = _distance_rows(batch)
     mined = _mined_pairs(batch, classes, True)
     search = (sorted_search_min_positives, BUCKET_MAX)
-    _run(batch, classes, G, keys, key_range, sq, search, (False, 0.0), mined)
+    _run(batch, Rule(SEMIHARD), classes, rows, search, False, mined)
     return MiningResult(mined.anchor, mined.positive, mined.negative, mined.semihard, mined.loss)

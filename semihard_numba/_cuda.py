@@ -53,6 +53,7 @@ from ._inputs import (
 )
 from ._metrics import ANGULAR, PRECOMPUTED, code
 from ._mining import MiningResult
+from ._rules import HARD, SEMIHARD, Rule, TripletStats
 
 TILE = 16  # Gram / matmul kernels: blocks of TILE x TILE threads, k-chunks of TILE
 REG = 4  # ... each thread computes REG x REG outputs: TILE * REG = 64 rows/columns per block
@@ -229,23 +230,8 @@ def _matmul(A, Bm, sq, metric, out, gram):
     kernel[grid, (TILE, TILE)](A, Bm, sq, metric, out)
 
 
-def _run_mining(batch, distances, classes, want_mine, want_grad):
-    """Launch the mining kernel: (anchor_loss, MiningResult of device arrays or None)."""
-    D = distances.D
-    B = D.shape[0]
-    dtype = np.dtype(D.dtype)
-    anchor_loss = cuda.device_array(B, dtype=np.float64)
-    n = classes.n_pairs if want_mine else 1
-    mined = (
-        cuda.device_array(n, dtype=np.int64),
-        cuda.device_array(n, dtype=np.int64),
-        cuda.device_array(n, dtype=np.int64),
-        cuda.device_array(n, dtype=np.bool_),
-        cuda.device_array(n, dtype=dtype),
-    )
-    m = classes.n_pairs if want_grad else 1
-    chosen = (cuda.device_array(m, dtype=dtype), cuda.device_array(m, dtype=np.int64))
-    device_classes = tuple(
+def _device_classes(batch, classes):
+    return tuple(
         cuda.to_device(a)
         for a in (
             batch.codes,
@@ -255,62 +241,56 @@ def _run_mining(batch, distances, classes, want_mine, want_grad):
             classes.pair_offset,
         )
     )
-    kernel = kernels.mining_kernel(dtype.str, THREADS, want_mine, want_grad)
-    kernel[max(1, min(B, MAX_BLOCKS)), THREADS](
-        D, device_classes, dtype.type(batch.margin), distances.metric, anchor_loss, mined, chosen
-    )
-    return anchor_loss, (MiningResult(*mined) if want_mine else None)
 
 
-def _total(anchor_loss):
-    out = cuda.device_array(1, dtype=np.float64)
-    kernels.sum_kernel(THREADS)[1, THREADS](anchor_loss, out)
-    return float(out.copy_to_host()[0])
+def _mined_pairs(n, dtype):
+    """(anchor, positive, negative, semihard, loss) device arrays of n pairs (1 when unused)."""
+    n = max(n, 1)
+    int64 = (cuda.device_array(n, dtype=np.int64) for _ in range(3))
+    return (*int64, cuda.device_array(n, dtype=np.bool_), cuda.device_array(n, dtype=dtype))
 
 
-def loss(batch):
-    classes = class_tables(batch.codes)
-    if classes.n_pairs == 0:
-        return 0.0  # TFA: 0 / 0 = NaN with no positive pair
-    distances = _Distances(batch, _device_x(batch))
-    anchor_loss, _ = _run_mining(batch, distances, classes, False, False)
-    return _total(anchor_loss) / classes.n_pairs
+def _run(batch, rule, distances, classes, want_grad, mined=None):
+    """Launch the rule's kernel; the (B, 4) per-anchor totals stay on the device."""
+    D = distances.D
+    B = D.shape[0]
+    dtype = np.dtype(D.dtype)
+    totals = cuda.device_array((B, 4), dtype=np.float64)
+    args = (D, _device_classes(batch, classes), dtype.type(batch.margin), distances.metric, totals)
+    launch = (max(1, min(B, MAX_BLOCKS)), THREADS)
+    pairs = max(classes.n_pairs, 1) if want_grad else 1
+    if rule.name == SEMIHARD:
+        kernel = kernels.semihard_kernel(dtype.str, THREADS, mined is not None, want_grad)
+        chosen = (cuda.device_array(pairs, dtype=dtype), cuda.device_array(pairs, dtype=np.int64))
+        kernel[launch](*args, mined or _mined_pairs(1, dtype), chosen)
+    elif rule.name == HARD:
+        kernels.hard_kernel(dtype.str, THREADS, rule.soft, want_grad)[launch](*args)
+    else:
+        kernel = kernels.every_triplet_kernel(dtype.str, THREADS, rule.code, want_grad)
+        kernel[launch](*args, cuda.device_array(pairs, dtype=np.int64))
+    return totals
 
 
-def mine(batch):
-    """MiningResult of device arrays for device input, of NumPy arrays for host input."""
-    classes = class_tables(batch.codes)
-    if classes.n_pairs == 0:
-        empty = MiningResult.from_rows([], np.dtype(batch.x.dtype))
-        return empty if _on_host(batch) else MiningResult(*map(cuda.to_device, _fields(empty)))
-    distances = _Distances(batch, _device_x(batch))
-    _, result = _run_mining(batch, distances, classes, True, False)
-    if _on_host(batch):
-        return MiningResult(*(a.copy_to_host() for a in _fields(result)))
-    return result
-
-
-def _fields(result):
-    return (result.anchor, result.positive, result.negative, result.semihard, result.loss)
-
-
-def loss_and_grad(batch):
-    """(loss, grad): grad is a NumPy array in the compute dtype for host input (the API casts it),
-    a device array in the output dtype for device input."""
+def evaluate(batch, rule, want_grad):
+    """(loss, TripletStats, gradient or None): the gradient is a NumPy array in the compute dtype
+    for host input (the API casts it), a device array in the output dtype for device input."""
     classes = class_tables(batch.codes)
     x = _device_x(batch)
     dtype = np.dtype(x.dtype)
-    if classes.n_pairs == 0:
-        zeros = np.zeros(x.shape, dtype=dtype if _on_host(batch) else batch.out_dtype)
-        return 0.0, (zeros if _on_host(batch) else cuda.to_device(zeros))
     distances = _Distances(batch, x)
-    anchor_loss, _ = _run_mining(batch, distances, classes, False, True)
-    total = _total(anchor_loss) / classes.n_pairs
+    totals = _run(batch, rule, distances, classes, want_grad)
+    sums = cuda.device_array(4, dtype=np.float64)
+    kernels.totals_kernel(THREADS)[1, THREADS](totals, sums)
+    total, denominator, active, semihard = sums.copy_to_host()
+    stats = TripletStats(classes.n_pairs, int(denominator), int(active), int(semihard))
+    scale = rule.scale(stats.denominator)
+    if not want_grad:
+        return total * scale, stats, None
     _, symmetrize, finish_squared, finish_angular = kernels.elementwise_kernels(dtype.str)
     B = x.shape[0]
     D = distances.D
     grid, block = _grid_2d(B, B)
-    symmetrize[grid, block](D, dtype.type(classes.n_pairs))  # D now holds S = dL/dP + dL/dP^T
+    symmetrize[grid, block](D, dtype.type(scale))  # D now holds S = (dS/dP + its transpose) * scale
     SY = cuda.device_array(x.shape, dtype=dtype)
     _matmul(D, distances.y, distances.sq, distances.metric, SY, gram=False)
     grad = cuda.device_array(x.shape, dtype=dtype)
@@ -326,7 +306,27 @@ def loss_and_grad(batch):
         grid, block = _grid_2d(*x.shape)
         finish_squared[grid, block](x, rowsum, SY, grad)
     if _on_host(batch):
-        return total, grad.copy_to_host()
+        return total * scale, stats, grad.copy_to_host()
     if np.dtype(batch.out_dtype) != dtype:
         grad = _copy(grad, batch.out_dtype)
-    return total, grad
+    return total * scale, stats, grad
+
+
+def mine(batch):
+    """MiningResult of device arrays for device input, of NumPy arrays for host input."""
+    classes = class_tables(batch.codes)
+    dtype = np.dtype(batch.x.dtype)
+    if classes.n_pairs == 0:
+        empty = MiningResult.from_rows([], dtype)
+        return empty if _on_host(batch) else MiningResult(*map(cuda.to_device, _fields(empty)))
+    distances = _Distances(batch, _device_x(batch))
+    mined = _mined_pairs(classes.n_pairs, dtype)
+    _run(batch, Rule(SEMIHARD), distances, classes, False, mined)
+    result = MiningResult(*mined)
+    if _on_host(batch):
+        return MiningResult(*(a.copy_to_host() for a in _fields(result)))
+    return result
+
+
+def _fields(result):
+    return (result.anchor, result.positive, result.negative, result.semihard, result.loss)

@@ -19,8 +19,18 @@ from numba import cuda
 
 from ._device import simulator_enabled
 from ._distances import L2_NORMALIZE_EPSILON
-from ._loop import choose_negative, count_negatives_at, smallest_entry
+from ._loop import (
+    BATCH_ALL_CODE,
+    choose_negative,
+    count_negatives_at,
+    hard_candidate,
+    hardest_pair,
+    pair_triplets,
+    passing_positives,
+    smallest_entry,
+)
 from ._metrics import ANGULAR, distance, pre_distance_gradient
+from ._rules import BATCH_ALL_EPSILON
 
 
 def _on_device(function):
@@ -32,6 +42,10 @@ def _on_device(function):
 _choose_negative = _on_device(choose_negative)
 _count_negatives_at = _on_device(count_negatives_at)
 _smallest_entry = _on_device(smallest_entry)
+_hardest_pair = _on_device(hardest_pair)
+_hard_candidate = _on_device(hard_candidate)
+_pair_triplets = _on_device(pair_triplets)
+_passing_positives = _on_device(passing_positives)
 _distance = _on_device(distance)
 _pre_distance_gradient = _on_device(pre_distance_gradient)
 
@@ -93,19 +107,18 @@ def elementwise_kernels(dtype):
                     normalized[i, k] = (x[i, k] / scale) * r
 
     @cuda.jit
-    def symmetrize(P, count):
-        """P <- P / count + (P / count)^T, in place (each thread owns the pair (i, j), i <= j)."""
+    def symmetrize(P, scale):
+        """P <- (P + P^T) * scale, in place (each thread owns the pair (i, j), i <= j)."""
         j0, i0 = cuda.grid(2)
         sj, si = cuda.gridsize(2)
         for i in range(i0, P.shape[0], si):
             for j in range(j0, P.shape[1], sj):
                 if i < j:
-                    s = P[i, j] / count + P[j, i] / count
+                    s = (P[i, j] + P[j, i]) * scale
                     P[i, j] = s
                     P[j, i] = s
                 elif i == j:
-                    v = P[i, i] / count
-                    P[i, i] = v + v
+                    P[i, i] = (P[i, i] + P[i, i]) * scale
 
     @cuda.jit
     def finish_squared(x, rowsum, SX, grad):
@@ -203,26 +216,27 @@ def matmul_kernel(dtype, tile, reg, gram):
 
 
 @functools.lru_cache(maxsize=None)
-def mining_kernel(dtype, threads, want_mine, want_grad):
+def semihard_kernel(dtype, threads, want_mine, want_grad):
     """The post's positive loop, one block of `threads` threads per anchor (grid-stride over
     anchors), each thread taking positives t, t + threads, ... of its anchor.
 
-    kernel(D, classes, margin, metric, anchor_loss, mined, chosen):
+    kernel(D, classes, margin, metric, totals, mined, chosen):
     - D: the (B, B) distance matrix; classes = (codes, members, start, position, pair_offset) of
       `_classes.Classes`;
-    - anchor_loss[a]: a's sum of triplet losses, in float64, added in a fixed order;
+    - totals[a] = (sum of a's triplet losses, pairs, active, semihard) in float64, each added in a
+      fixed order;
     - with want_mine, mined = (anchor, positive, negative, semihard, loss): one entry per pair;
     - with want_grad, chosen = (distance, ties) per pair: the chosen negative's distance and how
       many negatives tie at it (0 for a pair off the hinge); then row a of D is overwritten with
-      dL/dP[a, :] times the number of pairs, by the rule of the "cpu" backend.
+      dS/dP[a, :], S the sum of the losses, by the rule of the "cpu" backend.
     """
     nbtype = _nb(dtype)
     T = threads
 
     @cuda.jit
-    def kernel(D, classes, margin, metric, anchor_loss, mined, chosen):
+    def kernel(D, classes, margin, metric, totals, mined, chosen):
         s_sum = cuda.shared.array(T, numba.float64)
-        s_active = cuda.shared.array(T, numba.int64)
+        s_counts = cuda.shared.array((T, 3), numba.int64)  # active, semihard, on or past hinge
         s_smallest = cuda.shared.array(1, nbtype)  # without negatives: the row's minimum
         s_smallest_ties = cuda.shared.array(1, numba.int64)
         codes, members, start, position, pair_offset = classes
@@ -236,7 +250,7 @@ def mining_kernel(dtype, threads, want_mine, want_grad):
             n_positives = start[codes[a] + 1] - first - 1
             q = position[a]  # a's place among the members of its class
             total = 0.0
-            active = 0
+            active = semihard_pairs = hinged = 0
             for k in range(t, n_positives, T):  # try this thread's positives for the anchor
                 p = members[first + (k if k < q else k + 1)]  # positive cannot be the anchor
                 if n_positives + 1 == B:  # no negative: TFA's masked maximum is the row's min
@@ -249,6 +263,8 @@ def mining_kernel(dtype, threads, want_mine, want_grad):
                 l = margin + (distances[p] - d_an)
                 hinge = l if l > zero else zero
                 total += numba.float64(hinge)
+                active += l > zero
+                semihard_pairs += semihard
                 pair = pair_offset[a] + k
                 if want_mine:
                     mined[0][pair] = a
@@ -260,29 +276,36 @@ def mining_kernel(dtype, threads, want_mine, want_grad):
                     chosen[0][pair] = d_an
                     chosen[1][pair] = 0
                     if l >= zero:  # on the hinge TF's maximum still passes gradient
-                        active += 1
+                        hinged += 1
                         if n0 >= 0:
                             ties = _count_negatives_at(distances, codes, a, n0)
                         chosen[1][pair] = ties
             s_sum[t] = total
-            s_active[t] = active
+            s_counts[t, 0] = active
+            s_counts[t, 1] = semihard_pairs
+            s_counts[t, 2] = hinged
             cuda.syncthreads()
             if t == 0:  # the threads' sums in a fixed order
                 for u in range(1, T):
                     total += s_sum[u]
-                    active += s_active[u]
-                anchor_loss[a] = total
-                s_active[0] = active
+                    active += s_counts[u, 0]
+                    semihard_pairs += s_counts[u, 1]
+                    hinged += s_counts[u, 2]
+                totals[a, 0] = total
+                totals[a, 1] = n_positives
+                totals[a, 2] = active
+                totals[a, 3] = semihard_pairs
+                s_counts[0, 2] = hinged
                 if n_positives + 1 == B:
                     smallest, ties = _smallest_entry(distances)
                     s_smallest[0] = distances[smallest]
                     s_smallest_ties[0] = ties
             cuda.syncthreads()
 
-            # dL/dD for row a, one column per thread: +1 at each active positive, and each
+            # dS/dD for row a, one column per thread: +1 at each active positive, and each
             # active pair's -1 shared equally by the negatives tied at its chosen distance.
             if want_grad:
-                n_active = s_active[0]
+                n_hinged = s_counts[0, 2]
                 for n in range(t, B, T):
                     g = zero
                     if codes[n] == codes[a] and n != a:
@@ -291,7 +314,7 @@ def mining_kernel(dtype, threads, want_mine, want_grad):
                             g += nbtype(1)
                     if n_positives + 1 == B:
                         if distances[n] == s_smallest[0]:
-                            g -= nbtype(n_active) / nbtype(s_smallest_ties[0])
+                            g -= nbtype(n_hinged) / nbtype(s_smallest_ties[0])
                     elif codes[n] != codes[a]:
                         for k in range(n_positives):
                             pair = pair_offset[a] + k
@@ -305,23 +328,154 @@ def mining_kernel(dtype, threads, want_mine, want_grad):
 
 
 @functools.lru_cache(maxsize=None)
-def sum_kernel(threads):
-    """out[0] = sum of values (float64) in a fixed order, one block."""
+def hard_kernel(dtype, threads, soft, want_grad):
+    """TFA's triplet_hard_loss, one block per anchor: thread 0 finds the hardest pair
+    (`_loop.hardest_pair`), then with want_grad each thread overwrites its columns of row a with
+    dS/dP. kernel(D, classes, margin, metric, totals): as `semihard_kernel`'s; totals[a] =
+    (a's loss, 1, active, hardest positive < hardest negative)."""
+    nbtype = _nb(dtype)
     T = threads
 
     @cuda.jit
-    def kernel(values, out):
-        s = cuda.shared.array(T, numba.float64)
+    def kernel(D, classes, margin, metric, totals):
+        s_pair = cuda.shared.array(4, numba.int64)  # p0, p_ties, n0, n_ties
+        s_slope = cuda.shared.array(1, numba.float64)
+        codes, members, start, position, pair_offset = classes
+        zero = nbtype(0)
         t = cuda.threadIdx.x
-        acc = 0.0
-        for i in range(t, values.shape[0], T):
-            acc += values[i]
-        s[t] = acc
+        B = D.shape[0]
+        for a in range(cuda.blockIdx.x, B, cuda.gridDim.x):
+            distances = D[a]
+            size = start[codes[a] + 1] - start[codes[a]]
+            if t == 0:
+                p0, p_ties, n0, n_ties = _hardest_pair(distances, codes, a)
+                z = distances[p0] - distances[n0]
+                if soft:  # log1p(exp(z)) without overflow, and its slope, the sigmoid
+                    z64 = numba.float64(z)
+                    loss = (z64 if z64 > 0 else 0.0) + math.log1p(math.exp(-abs(z64)))
+                    slope = 0.5 * (1.0 + math.tanh(0.5 * z64))
+                else:
+                    hinge = z + margin
+                    loss = numba.float64(hinge if hinge > zero else zero)
+                    slope = 1.0 if hinge >= zero else 0.0  # on the hinge TF's maximum passes
+                totals[a, 0] = loss
+                totals[a, 1] = 1
+                totals[a, 2] = loss > 0
+                totals[a, 3] = z < zero
+                s_pair[0] = p0
+                s_pair[1] = p_ties
+                s_pair[2] = n0
+                s_pair[3] = n_ties
+                s_slope[0] = slope
+            cuda.syncthreads()
+            if want_grad:  # tied candidates share the gradient
+                hp = distances[s_pair[0]]
+                hn = distances[s_pair[2]]
+                slope = s_slope[0]
+                cuda.syncthreads()  # every thread has read hp and hn before a column changes
+                for n in range(t, B, T):
+                    positive, negative = _hard_candidate(codes, a, n, size > 1, size < B)
+                    g = 0.0
+                    if positive and distances[n] == hp:
+                        g += slope / s_pair[1]
+                    if negative and distances[n] == hn:
+                        g -= slope / s_pair[3]
+                    D[a, n] = _pre_distance_gradient(nbtype(g), distances[n], metric, D)
+            cuda.syncthreads()
+
+    return kernel
+
+
+@functools.lru_cache(maxsize=None)
+def every_triplet_kernel(dtype, threads, rule, want_grad):
+    """ "batch-all" and "all-semihard" (`_rules.CODES`), one block per anchor, each thread running
+    the post's loop over the negatives (`_loop.pair_triplets`) for its share of the positives.
+    kernel(D, classes, margin, metric, totals, passing): as `semihard_kernel`'s; totals[a] = (sum,
+    counted, active, farther); with want_grad, passing[pair] is how many of the pair's triplets
+    pass gradient, and row a of D is overwritten with dS/dP: the negatives' columns first (they
+    read the positives' distances), then the positives'."""
+    nbtype = _nb(dtype)
+    T = threads
+    epsilon = BATCH_ALL_EPSILON if rule == BATCH_ALL_CODE else 0.0
+
+    @cuda.jit
+    def kernel(D, classes, margin, metric, totals, passing):
+        s_sum = cuda.shared.array(T, numba.float64)
+        s_counts = cuda.shared.array((T, 3), numba.int64)  # counted, active, farther
+        codes, members, start, position, pair_offset = classes
+        eps = nbtype(epsilon)
+        t = cuda.threadIdx.x
+        B = D.shape[0]
+        for a in range(cuda.blockIdx.x, B, cuda.gridDim.x):
+            distances = D[a]
+            first = start[codes[a]]
+            n_positives = start[codes[a] + 1] - first - 1
+            q = position[a]  # a's place among the members of its class
+            total = 0.0
+            counted = active = farther = 0
+            for k in range(t, n_positives, T):  # try this thread's positives for the anchor
+                p = members[first + (k if k < q else k + 1)]  # positive cannot be the anchor
+                triplets = _pair_triplets(distances, codes, a, p, margin, rule, eps)
+                total += triplets[0]
+                counted += triplets[1]
+                active += triplets[2]
+                farther += triplets[3]
+                if want_grad:
+                    passing[pair_offset[a] + k] = triplets[4]
+            s_sum[t] = total
+            s_counts[t, 0] = counted
+            s_counts[t, 1] = active
+            s_counts[t, 2] = farther
+            cuda.syncthreads()
+            if t == 0:  # the threads' sums in a fixed order
+                for u in range(1, T):
+                    total += s_sum[u]
+                    counted += s_counts[u, 0]
+                    active += s_counts[u, 1]
+                    farther += s_counts[u, 2]
+                totals[a, 0] = total
+                totals[a, 1] = counted
+                totals[a, 2] = active
+                totals[a, 3] = farther
+            cuda.syncthreads()
+            if want_grad:  # +1 at p and -1 at n for every triplet (a, p, n) that passes
+                positives = members[first : first + n_positives + 1]
+                for n in range(t, B, T):
+                    if codes[n] != codes[a]:
+                        g = -_passing_positives(distances, positives, a, n, margin, rule, eps)
+                        D[a, n] = _pre_distance_gradient(nbtype(g), distances[n], metric, D)
+                cuda.syncthreads()
+                for n in range(t, B, T):
+                    if codes[n] == codes[a]:
+                        qn = position[n]
+                        g = passing[pair_offset[a] + (qn if qn < q else qn - 1)] if n != a else 0
+                        D[a, n] = _pre_distance_gradient(nbtype(g), distances[n], metric, D)
+            cuda.syncthreads()
+
+    return kernel
+
+
+@functools.lru_cache(maxsize=None)
+def totals_kernel(threads):
+    """out[c] = sum over anchors of totals[a, c], in float64 in a fixed order; one block."""
+    T = threads
+
+    @cuda.jit
+    def kernel(totals, out):
+        s = cuda.shared.array((T, 4), numba.float64)
+        t = cuda.threadIdx.x
+        for c in range(4):
+            s[t, c] = 0.0
+        for i in range(t, totals.shape[0], T):
+            for c in range(4):
+                s[t, c] += totals[i, c]
         cuda.syncthreads()
         if t == 0:
-            for u in range(1, T):
-                acc += s[u]
-            out[0] = acc
+            for c in range(4):
+                acc = 0.0
+                for u in range(T):
+                    acc += s[u, c]
+                out[c] = acc
 
     return kernel
 

@@ -128,3 +128,19 @@ def distance_backward(x, D, dD, metric):
     """dL/dx from dL/dD (dD is overwritten)."""
     dD *= distance_to_pre_distance_factor(D, metric)
     return pre_distance_backward(x, dD, metric)
+
+
+def evaluate_dense(batch, rule, want_grad, sum_of):
+    """(loss, TripletStats, gradient or None) for the backends that hold the whole distance
+    matrix: sum_of(labels, D, margin, rule) gives the sum over the rule's triplets, its stats and
+    its gradient with respect to D; `Rule.scale` makes the mean."""
+    D = pairwise_distances(batch.x, batch.metric)
+    total, stats, dS = sum_of(batch.codes, D, D.dtype.type(batch.margin), rule)
+    scale = rule.scale(stats.denominator)
+    if not want_grad:
+        return total * scale, stats, None
+    return (
+        total * scale,
+        stats,
+        distance_backward(batch.x, D, dS * D.dtype.type(scale), batch.metric),
+    )

@@ -21,6 +21,9 @@ Where it departs from the post, TFA wins or speed does:
 from numba import njit
 
 from ._cache import CACHE
+from ._rules import BATCH_ALL, CODES
+
+BATCH_ALL_CODE = CODES[BATCH_ALL]
 
 
 @njit(cache=CACHE)
@@ -75,3 +78,93 @@ def smallest_entry(distances):
     for n in range(n0, distances.shape[0]):
         ties += distances[n] == distances[n0]
     return n0, ties
+
+
+@njit(cache=CACHE)
+def hardest_pair(distances, labels, a):
+    """TFA's batch-hard choice for anchor a: (p0, p_ties, n0, n_ties), the first of its farthest
+    positives and how many tie with it, the first of its nearest negatives and how many tie.
+    Without positive, TFA's masked maximum is the smallest entry of the row (a itself included);
+    without negative, its masked minimum is the largest: the ties then count every entry of the
+    row at that distance (`hard_candidate`)."""
+    N = distances.shape[0]
+    p0 = -1
+    n0 = -1
+    for n in range(N):
+        if labels[n] == labels[a]:
+            if n != a and (p0 == -1 or distances[n] > distances[p0]):
+                p0 = n
+        elif n0 == -1 or distances[n] < distances[n0]:
+            n0 = n
+    has_positive, has_negative = p0 != -1, n0 != -1
+    if not has_positive:
+        p0 = 0
+        for n in range(1, N):
+            if distances[n] < distances[p0]:
+                p0 = n
+    if not has_negative:
+        n0 = 0
+        for n in range(1, N):
+            if distances[n] > distances[n0]:
+                n0 = n
+    p_ties = 0
+    n_ties = 0
+    for n in range(N):
+        positive = labels[n] == labels[a] and n != a
+        p_ties += (positive or not has_positive) and distances[n] == distances[p0]
+        n_ties += (labels[n] != labels[a] or not has_negative) and distances[n] == distances[n0]
+    return p0, p_ties, n0, n_ties
+
+
+@njit(cache=CACHE)
+def hard_candidate(labels, a, n, has_positives, has_negatives):
+    """(n may be a's hardest positive, n may be its hardest negative), TFA's fallbacks included."""
+    same = labels[n] == labels[a]
+    return (same and n != a) or not has_positives, not same or not has_negatives
+
+
+@njit(cache=CACHE)
+def triplet_counts(d_ap, d_an, margin, rule, epsilon):
+    """One triplet (a, p, n) of "batch-all" or "all-semihard" (`_rules.CODES`), from D[a, p] and
+    D[a, n]: (l, kept, counted, passes). l = (d_ap - d_an) + margin, as the references compute it;
+    kept: the rule uses it (all-semihard: 0 < d_an - d_ap <= margin); counted: its mean counts it
+    (l > epsilon, where batch-all passes 1e-16 and all-semihard 0); passes: it passes gradient
+    (batch-all's clamp passes l >= 0, the relu l > 0)."""
+    zero = epsilon - epsilon
+    l = (d_ap - d_an) + margin
+    kept = rule == BATCH_ALL_CODE or (zero < d_an - d_ap and d_an - d_ap <= margin)
+    passes = l >= zero if rule == BATCH_ALL_CODE else l > zero
+    return l, kept, kept and l > epsilon, kept and passes
+
+
+@njit(cache=CACHE)
+def pair_triplets(distances, labels, a, p, margin, rule, epsilon):
+    """The post's loop over the negatives of the pair (a, p) for "batch-all" and "all-semihard":
+    (total, counted, active, farther, passing): the sum of the losses l > 0 of the rule's
+    triplets, how many count in the mean, how many have l > 0, how many negatives lie strictly
+    farther than p (over every negative), how many pass gradient (`triplet_counts`)."""
+    zero = epsilon - epsilon
+    total = 0.0
+    counted = active = farther = passing = 0
+    for n in range(distances.shape[0]):
+        if labels[a] == labels[n]:
+            continue
+        farther += distances[n] > distances[p]
+        l, kept, count, passes = triplet_counts(distances[p], distances[n], margin, rule, epsilon)
+        if kept and l > zero:
+            total += l
+            active += 1
+        counted += count
+        passing += passes
+    return total, counted, active, farther, passing
+
+
+@njit(cache=CACHE)
+def passing_positives(distances, positives, a, n, margin, rule, epsilon):
+    """How many of a's positives make a triplet with the negative n that passes gradient: n's
+    share of -1s in the gradient of the rule's sum. positives: a's class, a included (skipped)."""
+    passing = 0
+    for p in positives:
+        if p != a:
+            passing += triplet_counts(distances[p], distances[n], margin, rule, epsilon)[3]
+    return passing

@@ -1,8 +1,10 @@
-"""Backend "numpy": TensorFlow Addons' tensor algebra, ported to NumPy.
+"""Backend "numpy": the reference implementations' tensor algebra, ported to NumPy.
 
-This is the vectorized form people compare against: it tiles the distance matrix B times into a
-(B*B, B) tensor so that every (anchor, positive) pair gets its own row of candidate negatives, then
-takes masked minima and maxima. It needs O(B^3) memory, estimated before anything is allocated.
+This is the vectorized form people compare against. For "semihard" it is TFA's: the distance matrix
+tiled B times into a (B*B, B) tensor so that every (anchor, positive) pair gets its own row of
+candidate negatives, then masked minima and maxima. "batch-all" and "all-semihard" build the
+(B, B, B) tensor of every triplet, as sentence-transformers' and pytorch-metric-learning's do. Both
+need O(B^3) memory, estimated before anything is allocated. "hard" is TFA's masked extremes, O(B^2).
 Masked minima and maxima use +-inf fill instead of TFA's offset-by-row-extremum trick, so the chosen
 distances are exact.
 """
@@ -11,16 +13,17 @@ import os
 
 import numpy as np
 
-from ._distances import distance_backward, pairwise_distances
+from ._distances import evaluate_dense, pairwise_distances
 from ._mining import MiningResult
+from ._rules import ALL_SEMIHARD, BATCH_ALL, BATCH_ALL_EPSILON, HARD, SEMIHARD, TripletStats
 
 MAX_BYTES_ENV = "SEMIHARD_NUMBA_NUMPY_MAX_BYTES"
 DEFAULT_MAX_BYTES = 2 * 1024**3
 
 
 def memory_estimate(batch_size, itemsize):
-    """Bytes of the largest live temporaries: the (B*B, B) tile, a masked copy, and three boolean
-    masks of the same shape."""
+    """Bytes of the largest live temporaries: two (B, B, B) float tensors (TFA's tile and a masked
+    copy of it, or the triplet losses and their gradient) and three boolean masks of that shape."""
     return batch_size**3 * (2 * itemsize + 3)
 
 
@@ -39,13 +42,11 @@ def _check_memory(batch_size, itemsize):
         )
 
 
-def _tfa_tensors(batch):
+def _semihard_tensors(labels, D, margin):
     """Everything TFA's triplet_semihard_loss computes, as (B, B) matrices indexed [anchor, positive]
     plus the (B, B, B) tie masks [positive, anchor, negative] needed for the gradient."""
-    B = batch.size
-    _check_memory(B, batch.x.dtype.itemsize)
-    D = pairwise_distances(batch.x, batch.metric)
-    adjacency = batch.codes[:, None] == batch.codes[None, :]
+    B = labels.shape[0]
+    adjacency = labels[:, None] == labels[None, :]
     adjacency_not = ~adjacency
 
     # Row p * B + a of the tile holds D[a, :] and is compared against D[a, p].
@@ -67,21 +68,114 @@ def _tfa_tensors(batch):
     )
 
     semi_hard_negatives = np.where(found, outside, inside_values[:, None])
-    loss_mat = batch.x.dtype.type(batch.margin) + (D - semi_hard_negatives)
+    loss_mat = margin + (D - semi_hard_negatives)
     mask_positives = adjacency & ~np.eye(B, dtype=bool)
-    return D, found, loss_mat, mask_positives, outside_ties.reshape(B, B, B), inside_ties
+    return found, loss_mat, mask_positives, outside_ties.reshape(B, B, B), inside_ties
 
 
-def loss(batch):
-    _, _, loss_mat, mask_positives, _, _ = _tfa_tensors(batch)
-    num_positives = mask_positives.sum()
-    if num_positives == 0:
-        return 0.0  # TFA: 0 / 0 = NaN
-    return np.maximum(loss_mat[mask_positives], 0).sum(dtype=np.float64) / num_positives
+def _semihard(labels, D, margin, rule):
+    found, loss_mat, mask_positives, outside_ties, inside_ties = _semihard_tensors(
+        labels, D, margin
+    )
+    pairs = int(mask_positives.sum())
+    losses = loss_mat[mask_positives]
+    total = np.maximum(losses, 0).sum(dtype=np.float64)
+    stats = TripletStats(pairs, pairs, int((losses > 0).sum()), int(found[mask_positives].sum()))
+
+    # dS/dD: +1 on D[a, p], -1 shared among the tied chosen negatives, for every active pair.
+    # On the hinge (loss_mat == 0) TF's maximum still passes gradient to its first argument.
+    weight = ((loss_mat >= 0) & mask_positives).astype(D.dtype)  # [a, p]
+    dS = weight.copy()
+    outside_weight = np.where(found, weight, 0).T / np.maximum(
+        outside_ties.sum(axis=2), 1
+    )  # [p, a]
+    dS -= np.einsum("pa,pan->an", outside_weight.astype(D.dtype), outside_ties.astype(D.dtype))
+    inside_weight = np.where(found, 0, weight).sum(axis=1) / inside_ties.sum(axis=1)  # [a]
+    dS -= (inside_weight[:, None] * inside_ties).astype(D.dtype)
+    return total, stats, dS
+
+
+def _masked_extreme(D, mask, pick, fallback):
+    """TFA's masked maximum / minimum per row (pick np.max / np.min), the row's `fallback`
+    (np.min / np.max) where the mask is empty, and the mask of the entries tied at it."""
+    has = mask.any(axis=1)
+    empty = -np.inf if pick is np.max else np.inf
+    value = np.where(has, pick(np.where(mask, D, empty), axis=1), fallback(D, axis=1)).astype(
+        D.dtype
+    )
+    ties = np.where(has[:, None], mask, True) & (D == value[:, None])
+    return value, ties
+
+
+def _hard(labels, D, margin, rule):
+    """TFA's triplet_hard_loss: masked maximum over the positives, minimum over the negatives."""
+    B = labels.shape[0]
+    adjacency = labels[:, None] == labels[None, :]
+    positives = adjacency & ~np.eye(B, dtype=bool)
+    hp, hp_ties = _masked_extreme(D, positives, np.max, np.min)
+    hn, hn_ties = _masked_extreme(D, ~adjacency, np.min, np.max)
+    z = hp - hn
+    if rule.soft:  # log1p(exp(z)) without overflow, and its slope, the sigmoid
+        z64 = z.astype(np.float64)
+        losses = np.maximum(z64, 0) + np.log1p(np.exp(-np.abs(z64)))
+        slope = 0.5 * (1 + np.tanh(z64 / 2))
+    else:
+        hinge = z + margin
+        losses = np.maximum(hinge, 0).astype(np.float64)
+        slope = (hinge >= 0).astype(np.float64)  # on the hinge TF's maximum still passes
+    stats = TripletStats(int(positives.sum()), B, int((losses > 0).sum()), int((hp < hn).sum()))
+    dS = slope[:, None] * (hp_ties / hp_ties.sum(axis=1, keepdims=True))
+    dS -= slope[:, None] * (hn_ties / hn_ties.sum(axis=1, keepdims=True))
+    return losses.sum(), stats, dS.astype(D.dtype)
+
+
+def _every_triplet(labels, D, margin, rule):
+    """ "batch-all" and "all-semihard" on the (B, B, B) tensor of every triplet [a, p, n], as
+    sentence-transformers' and pytorch-metric-learning's vectorized forms build it."""
+    B = labels.shape[0]
+    adjacency = labels[:, None] == labels[None, :]
+    positives = adjacency & ~np.eye(B, dtype=bool)
+    valid = positives[:, :, None] & ~adjacency[:, None, :]
+    d_ap, d_an = D[:, :, None], D[:, None, :]
+    l = (d_ap - d_an) + margin
+    if rule.name == BATCH_ALL:
+        kept = valid
+        counted = l > D.dtype.type(BATCH_ALL_EPSILON)
+        passes = l >= 0  # sentence-transformers zeroes the negative losses in place
+    else:  # 0 < d_an - d_ap <= margin, then a relu
+        kept = valid & (d_an - d_ap > 0) & (d_an - d_ap <= margin)
+        counted = passes = l > 0
+    total = np.where(kept & (l > 0), l, 0).sum(dtype=np.float64)
+    stats = TripletStats(
+        int(positives.sum()),
+        int((kept & counted).sum()),
+        int((kept & (l > 0)).sum()),
+        int((valid & (d_ap < d_an)).sum()),
+    )
+    g = (kept & passes).astype(D.dtype)
+    return total, stats, g.sum(axis=2) - g.sum(axis=1)
+
+
+_RULES = {SEMIHARD: _semihard, HARD: _hard, BATCH_ALL: _every_triplet, ALL_SEMIHARD: _every_triplet}
+
+
+def _sum_of(labels, D, margin, rule):
+    return _RULES[rule.name](labels, D, margin, rule)
+
+
+def evaluate(batch, rule, want_grad):
+    if rule.name != HARD:  # hard needs only (B, B) masks
+        _check_memory(batch.size, batch.x.dtype.itemsize)
+    return evaluate_dense(batch, rule, want_grad, _sum_of)
 
 
 def mine(batch):
-    D, found, loss_mat, mask_positives, outside_ties, inside_ties = _tfa_tensors(batch)
+    _check_memory(batch.size, batch.x.dtype.itemsize)
+    D = pairwise_distances(batch.x, batch.metric)
+    margin = D.dtype.type(batch.margin)
+    found, loss_mat, mask_positives, outside_ties, inside_ties = _semihard_tensors(
+        batch.codes, D, margin
+    )
     anchor, positive = np.nonzero(mask_positives)
     has_negative = (batch.codes[:, None] != batch.codes[None, :]).any(axis=1)
     first_outside = outside_ties[positive, anchor].argmax(axis=1)
@@ -94,23 +188,3 @@ def mine(batch):
         semihard=semihard,
         loss=np.maximum(loss_mat[anchor, positive], 0).astype(D.dtype),
     )
-
-
-def loss_and_grad(batch):
-    D, found, loss_mat, mask_positives, outside_ties, inside_ties = _tfa_tensors(batch)
-    num_positives = mask_positives.sum()
-    if num_positives == 0:
-        return 0.0, np.zeros_like(batch.x)
-    loss = np.maximum(loss_mat[mask_positives], 0).sum(dtype=np.float64) / num_positives
-
-    # dL/dD: +1 on D[a, p], -1 shared among the tied chosen negatives, for every active pair.
-    # On the hinge (loss_mat == 0) TF's maximum still passes gradient to its first argument.
-    weight = ((loss_mat >= 0) & mask_positives) / num_positives  # [a, p]
-    dD = weight.astype(D.dtype)
-    outside_weight = np.where(found, weight, 0).T / np.maximum(
-        outside_ties.sum(axis=2), 1
-    )  # [p, a]
-    dD -= np.einsum("pa,pan->an", outside_weight.astype(D.dtype), outside_ties.astype(D.dtype))
-    inside_weight = np.where(found, 0, weight).sum(axis=1) / inside_ties.sum(axis=1)  # [a]
-    dD -= (inside_weight[:, None] * inside_ties).astype(D.dtype)
-    return loss, distance_backward(batch.x, D, dD, batch.metric)

@@ -1,7 +1,7 @@
 """Backend "python": the post's triple loop in plain Python, the executable specification.
 
-The loop follows `semiHardTripletLoss` from the post (README.md, "Where it comes from") almost word
-for word. Where the post departs from TensorFlow Addons, TFA wins and a comment says so:
+The semi-hard loop follows `semiHardTripletLoss` from the post (README.md, "Where it comes from")
+almost word for word. Where the post departs from TensorFlow Addons, TFA wins and a comment says so:
 - the margin plays no part in choosing the negative (the post skipped negatives beyond D[a,p] + alpha;
   the loss is the same, the negative reported by `mine_semihard` is not);
 - the farthest negative starts from -inf, not 1e-10 (all negatives at distance 0 give 0, as TFA);
@@ -9,12 +9,23 @@ for word. Where the post departs from TensorFlow Addons, TFA wins and a comment 
   over an empty mask);
 - no positive pair in the batch gives 0.0 (TFA returns NaN there: 0 / 0).
 Distances come from TFA's formula (`pairwise_distances`), not from the post's explicit differences.
+
+The other rules (`_rules.py`) are the same kind of loop: over anchors, their positives and their
+negatives, in the definitions of TFA's `triplet_hard_loss`, sentence-transformers'
+`BatchAllTripletLoss` and pytorch-metric-learning's semi-hard miner with `TripletMarginLoss`.
+
+Each loop returns the sum over the rule's triplets, its `TripletStats`, and dS/dD: the gradient of
+that sum with respect to the distance matrix, as TensorFlow's and PyTorch's autodiff give it (a loss
+exactly on the hinge still passes gradient where theirs does; tied candidates share it).
 """
+
+import math
 
 import numpy as np
 
-from ._distances import distance_backward, pairwise_distances
+from ._distances import evaluate_dense, pairwise_distances
 from ._mining import MiningResult
+from ._rules import ALL_SEMIHARD, BATCH_ALL, BATCH_ALL_EPSILON, HARD, SEMIHARD, TripletStats
 
 
 def _choose_negative(D, labels, a, p):
@@ -60,39 +71,119 @@ def _triplets(labels, D, margin):
             yield a, p, n, ties, l, semihard
 
 
+def _semihard(labels, D, margin, soft):
+    total, dS = 0.0, np.zeros_like(D)
+    pairs = active = semihard_pairs = 0
+    for a, p, _, ties, l, semihard in _triplets(labels, D, margin):
+        total += float(l)
+        pairs += 1
+        active += l > 0
+        semihard_pairs += semihard
+        if margin + (D[a, p] - D[a, ties[0]]) >= 0:  # on the hinge TF's maximum passes gradient
+            dS[a, p] += 1
+            for n in ties:  # negatives tied at the chosen distance share its gradient equally
+                dS[a, n] -= 1 / len(ties)
+    return total, TripletStats(pairs, pairs, active, semihard_pairs), dS
+
+
+def _softplus(z):
+    """log1p(exp(z)) without overflow (TF's float32 form gives inf from z ~ 89 on)."""
+    return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
+
+
+def _hard(labels, D, margin, soft):
+    """TFA's triplet_hard_loss: per anchor, its farthest positive against its nearest negative."""
+    N = len(labels)
+    total, dS = 0.0, np.zeros_like(D)
+    pairs = active = semihard = 0
+    for a in range(N):
+        positives = [p for p in range(N) if p != a and labels[p] == labels[a]]
+        negatives = [n for n in range(N) if labels[n] != labels[a]]
+        pairs += len(positives)
+        # TFA's masked maximum and minimum: over no candidate, the row's minimum and maximum
+        hp = max(D[a, p] for p in positives) if positives else D[a].min()
+        hn = min(D[a, n] for n in negatives) if negatives else D[a].max()
+        z = float(hp - hn)
+        if soft:
+            l, slope = _softplus(z), 0.5 * (1 + math.tanh(z / 2))  # the sigmoid, without overflow
+        else:
+            l = float(max(hp - hn + margin, D.dtype.type(0)))
+            slope = 1.0 if hp - hn + margin >= 0 else 0.0  # on the hinge TF passes gradient
+        total += l
+        active += l > 0
+        semihard += hp < hn
+        hardest = [p for p in positives if D[a, p] == hp] or [n for n in range(N) if D[a, n] == hp]
+        nearest = [n for n in negatives if D[a, n] == hn] or [n for n in range(N) if D[a, n] == hn]
+        for p in hardest:  # tied candidates share the gradient, as TF's reduce_max gives it
+            dS[a, p] += slope / len(hardest)
+        for n in nearest:
+            dS[a, n] -= slope / len(nearest)
+    return total, TripletStats(pairs, N, active, semihard), dS
+
+
+def _every_triplet(labels, D, margin, keep, count, passes):
+    """Sum over the triplets (a, p, n) that `keep(d_ap, d_an)` selects of l = (d_ap - d_an) +
+    margin where l > 0; the denominator counts those with `count(l)`; dS is the gradient of the
+    sum, which PyTorch passes where `passes(l)` (l >= 0 through batch-all's clamp, l > 0 through
+    the relu)."""
+    N = len(labels)
+    total, dS = 0.0, np.zeros_like(D)
+    pairs = denominator = active = semihard = 0
+    for a in range(N):
+        for p in range(N):
+            if p == a or labels[p] != labels[a]:
+                continue
+            pairs += 1
+            for n in range(N):
+                if labels[n] == labels[a]:
+                    continue
+                semihard += D[a, p] < D[a, n]
+                if not keep(D[a, p], D[a, n]):
+                    continue
+                l = (D[a, p] - D[a, n]) + margin
+                total += float(max(l, 0))
+                denominator += count(l)
+                active += l > 0
+                if passes(l):
+                    dS[a, p] += 1
+                    dS[a, n] -= 1
+    return total, TripletStats(pairs, denominator, active, semihard), dS
+
+
+def _any(d_ap, d_an):
+    return True
+
+
+def _batch_all(labels, D, margin, soft):
+    """sentence-transformers' BatchAllTripletLoss: every triplet, the mean over losses > 1e-16."""
+    epsilon = D.dtype.type(BATCH_ALL_EPSILON)
+    return _every_triplet(labels, D, margin, _any, lambda l: l > epsilon, lambda l: l >= 0)
+
+
+def _all_semihard(labels, D, margin, soft):
+    """pytorch-metric-learning's semi-hard miner and TripletMarginLoss: the triplets with
+    0 < d_an - d_ap <= margin (FaceNet's semi-hard triplets), the mean over losses > 0."""
+
+    def semihard(d_ap, d_an):
+        return 0 < d_an - d_ap <= margin
+
+    return _every_triplet(labels, D, margin, semihard, lambda l: l > 0, lambda l: l > 0)
+
+
+_RULES = {SEMIHARD: _semihard, HARD: _hard, BATCH_ALL: _batch_all, ALL_SEMIHARD: _all_semihard}
+
+
+def _sum_of(labels, D, margin, rule):
+    return _RULES[rule.name](labels, D, margin, rule.soft)
+
+
+def evaluate(batch, rule, want_grad):
+    """(loss, TripletStats, gradient or None) of `rule` (a `_rules.Rule`) on the batch."""
+    return evaluate_dense(batch, rule, want_grad, _sum_of)
+
+
 def mine(batch):
     D = pairwise_distances(batch.x, batch.metric)
     margin = D.dtype.type(batch.margin)
     rows = [(a, p, n, semihard, l) for a, p, n, _, l, semihard in _triplets(batch.codes, D, margin)]
     return MiningResult.from_rows(rows, D.dtype)
-
-
-def loss(batch):
-    D = pairwise_distances(batch.x, batch.metric)
-    margin = D.dtype.type(batch.margin)
-    L = 0.0
-    count = 0
-    for *_, l, _ in _triplets(batch.codes, D, margin):
-        L += float(l)
-        count += 1
-    return L / count if count > 0 else 0.0  # TFA: 0 / 0 = NaN with no positive pair
-
-
-def loss_and_grad(batch):
-    D = pairwise_distances(batch.x, batch.metric)
-    margin = D.dtype.type(batch.margin)
-    triplets = list(_triplets(batch.codes, D, margin))
-    if not triplets:
-        return 0.0, np.zeros_like(batch.x)
-    count = len(triplets)
-    dD = np.zeros_like(D)  # dL/dD
-    for a, p, _, ties, l, _ in triplets:
-        if (
-            margin + (D[a, p] - D[a, ties[0]]) >= 0
-        ):  # on the hinge TF's maximum still passes gradient
-            dD[a, p] += 1 / count
-            for n in ties:  # negatives tied at the chosen distance share its gradient equally
-                dD[a, n] -= 1 / (count * len(ties))
-    return sum(float(t[4]) for t in triplets) / count, distance_backward(
-        batch.x, D, dD, batch.metric
-    )

@@ -1,17 +1,21 @@
 """The second path, for anchors with many positives: sort the anchor's negatives once, then find each
-positive's first strictly farther negative.
+positive's negatives among them.
 
 The post's loop scans the whole row for each positive: O(P B) for an anchor with P positives, which
-is hopeless with large classes (two classes of 2048: 2047 scans of 4096 per anchor). Sorted once,
-the negative of positive p is the first one beyond D[a, p], the easiest negative is the last, and
-the negatives tied with either follow it. `_cpu.SORTED_SEARCH_MIN_POSITIVES` chooses the path.
+is hopeless with large classes (two classes of 2048: 2047 scans of 4096 per anchor). Sorted once:
+- "semihard": the negative of positive p is the first one beyond D[a, p], the easiest negative is
+  the last, and the negatives tied with either follow it;
+- "batch-all" and "all-semihard": p's triplets with a loss are a run of consecutive sorted
+  negatives (the loss falls as D[a, n] grows), found at its two ends, summed with prefix sums and
+  counted by position. `_cpu.SORTED_SEARCH_MIN_POSITIVES` chooses the path.
 
-The sort is a bucket sort on the order keys (`_loop.py`): BUCKETS_PER_NEGATIVE buckets per
-negative, spread evenly over their range, filled in index order, then an insertion sort that never
-crosses a bucket boundary; a lookup scans the positive's own bucket. Where one bucket would hold
-more than `bucket_max` negatives (clumped distances), a stable np.argsort and a binary search take
-over. Either way ties keep their index order, so the first of tied negatives is the lowest index,
-as in the post's loop. `python -m bench.core_targets` times the bucket sort against np.argsort.
+The sort is a bucket sort of the distances: BUCKETS_PER_NEGATIVE buckets per negative, spread
+evenly over their range, filled in index order, then an insertion sort that never crosses a bucket
+boundary; a lookup scans one bucket. Where one bucket would hold more than `bucket_max` negatives
+(clumped distances), a stable np.argsort and binary searches take over. Either way ties keep their
+index order, so the first of tied negatives is the lowest index, as in the post's loop. The ends of
+a run are found where the rule's own float comparison changes, so the result is that of the loop.
+`python -m bench.core_targets` times the bucket sort against np.argsort.
 
 Each step is a function of its own: compiled as one, the loops ran at half the speed.
 """
@@ -20,55 +24,52 @@ import numpy as np
 from numba import njit
 
 from ._cache import CACHE
+from ._loop import BATCH_ALL_CODE, triplet_counts
 
 BUCKETS_PER_NEGATIVE = 2
 BUCKET_MAX = 16
 
 
 @njit(cache=CACHE)
-def sorted_search(keys, labels, a, positives, n_negatives, bucket_max, first):
-    """Sort a's negatives by increasing distance, ties in index order, then set first[p], for
-    each of a's positives p, to the sorted position of the first negative strictly farther than p
-    (n_negatives if there is none).
-
-    keys[n] stands for D[a, n] (`_loop.py`); positives: a's class, a included (skipped).
-    Returns (order, run_end): order[i] is the negative at sorted position i, and the negatives tied
-    with it fill positions i ... run_end[i] - 1 when i starts their run.
-    """
+def sort_negatives(distances, labels, a, n_negatives, bucket_max):
+    """a's negatives by increasing distance, ties in index order: (order, values, buckets), with
+    values[i] = distances[order[i]] and buckets = (start, lo, scale) for `first_above` (start is
+    empty where np.argsort was used)."""
     negatives = np.empty(n_negatives, dtype=np.int64)
     j = 0
-    for n in range(keys.shape[0]):
+    for n in range(distances.shape[0]):
         if labels[n] != labels[a]:
             negatives[j] = n
             j += 1
-    buckets = _buckets(keys[negatives], bucket_max)
+    buckets = _buckets(distances[negatives], bucket_max)
     if buckets[0].shape[0] == 0:  # clumped
-        order, sorted_keys = _argsort(negatives, keys[negatives])
+        order, values = _argsort(negatives, distances[negatives])
     else:
-        order, sorted_keys = _bucket_sort(negatives, keys[negatives], buckets)
-    _first_farther(sorted_keys, keys, a, positives, buckets, first)
-    return order, _run_ends(sorted_keys)
+        order, values = _bucket_sort(negatives, distances[negatives], buckets)
+    return order, values, buckets
 
 
 @njit(cache=CACHE)
-def _bucket(key, lo, scale, n_buckets):
-    """The bucket of a key: never decreases as the key grows (float64 arithmetic, clamped before
-    the conversion to an integer), so equal keys share a bucket."""
-    return np.int64(min(max((np.float64(key) - lo) * scale, 0.0), n_buckets - 1.0))
+def _bucket(value, lo, scale, n_buckets):
+    """The bucket of a value: never decreases as the value grows (float64 arithmetic, clamped
+    before the conversion to an integer), so equal values share a bucket."""
+    return np.int64(min(max((np.float64(value) - lo) * scale, 0.0), n_buckets - 1.0))
 
 
 @njit(cache=CACHE)
 def _buckets(unsorted, bucket_max):
     """(start, lo, scale): bucket b will hold sorted positions start[b] ... start[b + 1] - 1, and
-    key k goes to bucket `_bucket(k, lo, scale, len(start) - 1)`. start is empty where a bucket
-    would hold more than bucket_max keys."""
+    value v goes to bucket `_bucket(v, lo, scale, len(start) - 1)`. start is empty where a bucket
+    would hold more than bucket_max values."""
     lo = np.float64(unsorted.min())
     span = np.float64(unsorted.max()) - lo
     n_buckets = BUCKETS_PER_NEGATIVE * unsorted.shape[0]
     scale = n_buckets / span if span > 0 else 0.0
+    if not np.isfinite(scale):  # a span below ~1e-305: one bucket, and np.argsort takes over
+        scale = 0.0
     start = np.zeros(n_buckets + 1, dtype=np.int64)
-    for key in unsorted:
-        start[_bucket(key, lo, scale, n_buckets) + 1] += 1
+    for value in unsorted:
+        start[_bucket(value, lo, scale, n_buckets) + 1] += 1
     for b in range(n_buckets):
         if start[b + 1] > bucket_max:
             return start[:0], lo, scale
@@ -78,62 +79,130 @@ def _buckets(unsorted, bucket_max):
 
 @njit(cache=CACHE)
 def _bucket_sort(negatives, unsorted, buckets):
-    """(order, sorted keys): deal into buckets in index order, then insertion-sort within them."""
+    """(order, values): deal into buckets in index order, then insertion-sort within them."""
     start, lo, scale = buckets
     n_buckets = start.shape[0] - 1
     order = np.empty_like(negatives)
-    sorted_keys = np.empty_like(unsorted)
+    values = np.empty_like(unsorted)
     fill = start[:-1].copy()
     for j in range(negatives.shape[0]):
         b = _bucket(unsorted[j], lo, scale, n_buckets)
         order[fill[b]] = negatives[j]
-        sorted_keys[fill[b]] = unsorted[j]
+        values[fill[b]] = unsorted[j]
         fill[b] += 1
-    largest = sorted_keys[0]  # of those sorted so far; a bucket's keys are below the next one's
-    for i in range(1, sorted_keys.shape[0]):
-        key = sorted_keys[i]
-        if key >= largest:  # most often: in place already
-            largest = key
+    largest = values[0]  # of those sorted so far; a bucket's values are below the next one's
+    for i in range(1, values.shape[0]):
+        value = values[i]
+        if value >= largest:  # most often: in place already
+            largest = value
             continue
         index, k = order[i], i
-        while k > 0 and sorted_keys[k - 1] > key:  # strict: ties keep their index order
-            sorted_keys[k], order[k] = sorted_keys[k - 1], order[k - 1]
+        while k > 0 and values[k - 1] > value:  # strict: ties keep their index order
+            values[k], order[k] = values[k - 1], order[k - 1]
             k -= 1
-        sorted_keys[k], order[k] = key, index
-    return order, sorted_keys
+        values[k], order[k] = value, index
+    return order, values
 
 
 @njit(cache=CACHE)
 def _argsort(negatives, unsorted):
-    """(order, sorted keys) by a stable comparison sort: for clumped keys."""
-    by_key = np.argsort(unsorted, kind="mergesort")
-    return negatives[by_key], unsorted[by_key]
+    """(order, values) by a stable comparison sort: for clumped distances."""
+    by_value = np.argsort(unsorted, kind="mergesort")
+    return negatives[by_value], unsorted[by_value]
 
 
 @njit(cache=CACHE)
-def _first_farther(sorted_keys, keys, a, positives, buckets, first):
-    """first[p] = the position of the first sorted key strictly above keys[p], for p != a."""
+def first_above(values, buckets, x):
+    """The position of the first sorted value strictly above x (len(values) if none)."""
     start, lo, scale = buckets
-    for p in positives:
-        if p == a:
-            continue
-        key = keys[p]
-        if start.shape[0] == 0:
-            first[p] = np.searchsorted(sorted_keys, key, side="right")
-            continue
-        b = _bucket(key, lo, scale, start.shape[0] - 1)
-        i = start[b]  # earlier buckets hold only smaller keys, later ones only larger keys
-        while i < start[b + 1] and sorted_keys[i] <= key:
-            i += 1
-        first[p] = i
+    if start.shape[0] == 0:
+        return np.searchsorted(values, x, side="right")
+    b = _bucket(x, lo, scale, start.shape[0] - 1)
+    i = start[b]  # earlier buckets hold only smaller values, later ones only larger values
+    while i < start[b + 1] and values[i] <= x:
+        i += 1
+    return i
 
 
 @njit(cache=CACHE)
-def _run_ends(sorted_keys):
-    """run_end[i]: the end (exclusive) of the run of equal keys that holds position i."""
-    n = sorted_keys.shape[0]
+def run_ends(values):
+    """run_end[i]: the end (exclusive) of the run of equal values that holds position i."""
+    n = values.shape[0]
     run_end = np.empty(n, dtype=np.int64)
     run_end[n - 1] = n
     for i in range(n - 2, -1, -1):
-        run_end[i] = run_end[i + 1] if sorted_keys[i] == sorted_keys[i + 1] else i + 1
+        run_end[i] = run_end[i + 1] if values[i] == values[i + 1] else i + 1
     return run_end
+
+
+@njit(cache=CACHE)
+def semihard_negatives(distances, labels, a, positives, n_negatives, bucket_max, first):
+    """The second path of the "semihard" rule: first[p] = the sorted position of the first
+    negative strictly farther than p, for a's positives p (n_negatives if there is none).
+    Returns (order, run_end) (`sort_negatives`, `run_ends`). positives: a's class, a included."""
+    order, values, buckets = sort_negatives(distances, labels, a, n_negatives, bucket_max)
+    for p in positives:
+        if p != a:
+            first[p] = first_above(values, buckets, distances[p])
+    return order, run_ends(values)
+
+
+@njit(cache=CACHE)
+def _run_end(values, buckets, d_ap, margin, rule, epsilon, field, start_at):
+    """Where the sorted negatives from position start_at on stop satisfying field `field` of
+    `triplet_counts` (1: kept, 2: l > epsilon, 3: passes) with the positive at d_ap: each holds
+    for a prefix, as D[a, n] grows. Guessed from the buckets, then moved to where the rule's own
+    float comparison changes."""
+    n = values.shape[0]
+    i = max(start_at, first_above(values, buckets, np.float64(d_ap) + np.float64(margin)))
+    while i > start_at and not triplet_counts(d_ap, values[i - 1], margin, rule, epsilon)[field]:
+        i -= 1
+    while i < n and triplet_counts(d_ap, values[i], margin, rule, epsilon)[field]:
+        i += 1
+    return i
+
+
+@njit(cache=CACHE)
+def every_triplet(
+    distances, labels, a, positives, n_negatives, margin, rule, epsilon, bucket_max, grad
+):
+    """The second path of "batch-all" and "all-semihard" for anchor a: (total, counted, active,
+    farther) as `_loop.pair_triplets` gives them, summed over a's positives. With grad (its length
+    is the batch's), adds the gradient of the sum: +1 at p and -1 at n per triplet that passes."""
+    order, values, buckets = sort_negatives(distances, labels, a, n_negatives, bucket_max)
+    zero = epsilon - epsilon
+    prefix = np.zeros(n_negatives + 1)  # prefix[i]: the sum of the i nearest negatives
+    for i in range(n_negatives):
+        prefix[i + 1] = prefix[i] + values[i]
+    passing = np.zeros(n_negatives + 1, dtype=np.int64)  # the -1s, as differences by position
+    total = 0.0
+    counted = active = farther = 0
+    for p in positives:
+        if p == a:
+            continue
+        d_ap = distances[p]
+        above = first_above(values, buckets, d_ap)
+        farther += n_negatives - above
+        # the triplets the rule keeps: every negative, or those with 0 < d_an - d_ap <= margin
+        lo, hi = 0, n_negatives
+        if rule != BATCH_ALL_CODE:
+            lo = above
+            hi = _run_end(values, buckets, d_ap, margin, rule, epsilon, 1, lo)
+        positive_end = min(hi, _run_end(values, buckets, d_ap, margin, rule, zero, 2, lo))
+        counted_end = min(hi, _run_end(values, buckets, d_ap, margin, rule, epsilon, 2, lo))
+        active += positive_end - lo
+        counted += counted_end - lo
+        total += (positive_end - lo) * (np.float64(d_ap) + np.float64(margin)) - (
+            prefix[positive_end] - prefix[lo]
+        )
+        if grad.shape[0] > 0:
+            passing_end = min(hi, _run_end(values, buckets, d_ap, margin, rule, epsilon, 3, lo))
+            grad[p] += passing_end - lo
+            passing[lo] += 1
+            passing[passing_end] -= 1
+    if grad.shape[0] > 0:
+        count = 0
+        for i in range(n_negatives):
+            count += passing[i]
+            grad[order[i]] -= count
+    return total, counted, active, farther

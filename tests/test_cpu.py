@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 import semihard_numba as sn
+
+import cpu_paths
 from semihard_numba import _cpu
 from semihard_numba._batches import clustered_batch
 from semihard_numba._inputs import host_batch
-from semihard_numba._sorted_search import sorted_search
+from semihard_numba._sorted_search import semihard_negatives
 
-LINEAR, SORTED = 10**9, 0  # sorted_search_min_positives: never / always sort
+from cpu_paths import LINEAR, SORTED
 
 
 def small_batch(B, per_class, seed=0):
@@ -91,8 +93,8 @@ def test_on_disk_cache_serves_processes_with_another_thread_count(tmp_path):
         outputs.append(run.stdout)
     assert outputs[0] == outputs[1] == outputs[2]
     index_files = {p.name.split("-")[0] for p in tmp_path.rglob("*.nbi")}
-    assert "_cpu._anchor_loops.locals._anchor_loop" in index_files
-    assert "_cpu._anchor_loops.locals._anchor_loop_parallel" in index_files
+    assert "_cpu._semihard_loops.locals._semihard_loop" in index_files
+    assert "_cpu._semihard_loops.locals._semihard_loop_parallel" in index_files
 
 
 FORKED_RUN = """
@@ -105,7 +107,7 @@ parent = sn.triplet_semihard_loss_and_grad(labels, x)  # starts the threading la
 
 def child(queue):
     loss, grad = sn.triplet_semihard_loss_and_grad(labels, x)
-    kernel = _cpu._pick(_cpu._ANCHOR_LOOPS[False], 10**6)
+    kernel = _cpu._pick(_cpu._SEMIHARD_LOOPS[False], 10**6)
     queue.put((float(loss), grad.tobytes(), kernel.targetoptions.get("parallel", False)))
 
 context = multiprocessing.get_context("fork")
@@ -140,14 +142,19 @@ def test_large_class_searches_match_the_post_loop(negatives):
     if negatives == "clumped":  # class 1 on three points: buckets far fuller than BUCKET_MAX
         x[60:] = x[60:63][rng.integers(0, 3, 60)]
     batch = host_batch(labels, x.astype(np.float32), 0.5, "L2")
-    assert _cpu.loss(batch, SORTED) == _cpu.loss(batch, LINEAR) > 0
-    loss_s, grad_s = _cpu.loss_and_grad(batch, SORTED)
-    loss_l, grad_l = _cpu.loss_and_grad(batch, LINEAR)
+    assert (
+        cpu_paths.loss(batch, sorted_search_min_positives=SORTED)
+        == cpu_paths.loss(batch, sorted_search_min_positives=LINEAR)
+        > 0
+    )
+    loss_s, grad_s = cpu_paths.loss_and_grad(batch, sorted_search_min_positives=SORTED)
+    loss_l, grad_l = cpu_paths.loss_and_grad(batch, sorted_search_min_positives=LINEAR)
     assert loss_s == loss_l
     np.testing.assert_array_equal(grad_s, grad_l)
     for field in ("negative", "semihard", "loss"):
         np.testing.assert_array_equal(
-            getattr(_cpu.mine(batch, SORTED), field), getattr(_cpu.mine(batch, LINEAR), field)
+            getattr(cpu_paths.mine(batch, sorted_search_min_positives=SORTED), field),
+            getattr(cpu_paths.mine(batch, sorted_search_min_positives=LINEAR), field),
         )
 
 
@@ -158,9 +165,14 @@ def test_large_class_search_with_tiny_distances(scale):
     labels = np.repeat([0, 1], 40)
     x = np.random.default_rng(0).standard_normal((80, 4))
     batch = host_batch(labels, x, 0.0, lambda y: pairwise_distances(y, "L2") * scale)
-    assert _cpu.loss(batch, SORTED) == _cpu.loss(batch, LINEAR) > 0
+    assert (
+        cpu_paths.loss(batch, sorted_search_min_positives=SORTED)
+        == cpu_paths.loss(batch, sorted_search_min_positives=LINEAR)
+        > 0
+    )
     np.testing.assert_array_equal(
-        _cpu.mine(batch, SORTED).negative, _cpu.mine(batch, LINEAR).negative
+        cpu_paths.mine(batch, sorted_search_min_positives=SORTED).negative,
+        cpu_paths.mine(batch, sorted_search_min_positives=LINEAR).negative,
     )
 
 
@@ -176,13 +188,12 @@ def test_sorted_search_is_a_stable_sort_and_a_binary_search(distances, dtype):
         "clumped": lambda: rng.integers(0, 3, B) + 1e-3 * rng.random(B),  # the argsort fallback
         "all equal": lambda: np.full(B, 0.5),
     }[distances]().astype(dtype)
-    keys = _cpu.order_keys(row[None, :])[0]
     labels = rng.integers(0, 3, B).astype(np.int32)
     a = 0
     negatives = np.flatnonzero(labels != labels[a])
     positives = np.flatnonzero(labels == labels[a])
     first = np.full(B, -1)
-    order, run_end = sorted_search(keys, labels, a, positives, len(negatives), 16, first)
+    order, run_end = semihard_negatives(row, labels, a, positives, len(negatives), 16, first)
     np.testing.assert_array_equal(order, negatives[np.argsort(row[negatives], kind="stable")])
     sorted_values = row[order]
     for p in positives[positives != a]:
@@ -219,9 +230,9 @@ def test_integer_keys_and_the_plain_float_loop_agree():
         labels, x = small_batch(256, per_class, seed=3)
         batch = host_batch(labels, x, 1.0, "L2")
         for search in (LINEAR, SORTED):
-            assert _cpu.loss(batch, search, integer_keys=True) == _cpu.loss(
-                batch, search, integer_keys=False
-            )
+            assert cpu_paths.loss(
+                batch, sorted_search_min_positives=search, integer_keys=True
+            ) == cpu_paths.loss(batch, sorted_search_min_positives=search, integer_keys=False)
 
 
 @pytest.mark.parametrize("D", [3, 256, 257])  # plain product / NumPy's syrk

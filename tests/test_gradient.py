@@ -39,6 +39,35 @@ def test_gradient_matches_central_differences(seed, metric, backend):
     np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
 
 
+OTHER_RULES = {  # (loss, loss_and_grad, keyword arguments)
+    "hard": (sn.triplet_hard_loss, sn.triplet_hard_loss_and_grad, {}),
+    "hard, soft": (sn.triplet_hard_loss, sn.triplet_hard_loss_and_grad, {"soft": True}),
+    "batch-all": (sn.triplet_batch_all_loss, sn.triplet_batch_all_loss_and_grad, {}),
+    "all-semihard": (sn.triplet_all_semihard_loss, sn.triplet_all_semihard_loss_and_grad, {}),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["L2", "squared-L2", "angular"])
+@pytest.mark.parametrize("rule", sorted(OTHER_RULES))
+@pytest.mark.parametrize("seed", range(2))
+def test_other_rules_match_central_differences(seed, rule, metric, backend):
+    labels, x = tie_free_batch(seed)
+    loss_fn, grad_fn, options = OTHER_RULES[rule]
+    kwargs = dict(margin=0.7, distance_metric=metric, **options)
+    _, grad = grad_fn(labels, x, backend=backend, **kwargs)
+    h = 1e-6
+    numeric = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[i] = h
+        up = loss_fn(labels, x + step, backend="python", **kwargs)
+        down = loss_fn(labels, x - step, backend="python", **kwargs)
+        numeric[i] = (up - down) / (2 * h)
+    assert np.abs(numeric).max() > 0  # something to compare
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
+
+
 def test_tie_with_the_farthest_point_gets_the_natural_subgradient():
     case = next(c for c in semihard_cases() if c.case == TF_TIE_LEAK_CASE)
     expected_loss, expected = reference.loss_and_grad_l2(case.labels, case.embeddings, case.margin)

@@ -8,7 +8,17 @@ import semihard_numba as sn
 LABELS = np.array([0, 0, 1, 1, 2, 2])
 X = np.random.default_rng(0).standard_normal((6, 3))
 BACKENDS = ["python", "numpy", "cpu"]
-FUNCTIONS = [sn.triplet_semihard_loss, sn.triplet_semihard_loss_and_grad, sn.mine_semihard]
+LOSSES = [
+    sn.triplet_semihard_loss,
+    sn.triplet_semihard_loss_and_grad,
+    sn.triplet_hard_loss,
+    sn.triplet_hard_loss_and_grad,
+    sn.triplet_batch_all_loss,
+    sn.triplet_batch_all_loss_and_grad,
+    sn.triplet_all_semihard_loss,
+    sn.triplet_all_semihard_loss_and_grad,
+]
+FUNCTIONS = [*LOSSES, sn.mine_semihard]
 
 
 def loss(labels=LABELS, x=X, **kwargs):
@@ -66,7 +76,7 @@ class TestLayouts:
     def test_inputs_are_never_modified(self, backend, function):
         labels, x = LABELS.copy(), X.copy()
         for metric in ("L2", "squared-L2", "angular"):
-            function(labels, x, 1.0, metric, backend=backend)
+            function(labels, x, 1.0, distance_metric=metric, backend=backend)
         np.testing.assert_array_equal(labels, LABELS)
         np.testing.assert_array_equal(x, X)
 
@@ -166,9 +176,11 @@ def test_overflowing_squared_norms_raise(function, backend, metric, scale):
         with pytest.raises(
             ValueError, match=r"squared norms of embedding rows \[.*\] overflow float32"
         ):
-            function(LABELS, big, 1.0, metric, backend=backend, check_finite=check_finite)
+            function(
+                LABELS, big, 1.0, distance_metric=metric, backend=backend, check_finite=check_finite
+            )
     # float64 holds them
-    result = function(LABELS, big.astype(np.float64), 1.0, metric, backend=backend)
+    result = function(LABELS, big.astype(np.float64), 1.0, distance_metric=metric, backend=backend)
     values = result.loss if function is sn.mine_semihard else result
     assert all(np.isfinite(v).all() for v in (values if isinstance(values, tuple) else [values]))
 
@@ -202,3 +214,35 @@ def test_margin_as_a_zero_dimensional_array(margin):
 def test_margin_of_another_kind_is_a_type_error(margin):
     with pytest.raises(TypeError, match="margin must be a real number"):
         loss(margin=margin)
+
+
+@pytest.mark.parametrize("soft", [1, 0, "yes", None, np.array(True)])
+def test_soft_must_be_a_bool(soft):
+    for function in (sn.triplet_hard_loss, sn.triplet_hard_loss_and_grad):
+        with pytest.raises(TypeError, match="soft must be a bool"):
+            function(LABELS, X, soft=soft)
+    assert sn.triplet_hard_loss(LABELS, X, soft=np.bool_(True)) == sn.triplet_hard_loss(
+        LABELS, X, soft=True
+    )
+
+
+@pytest.mark.parametrize("function", LOSSES)
+def test_return_stats_must_be_a_bool(function):
+    with pytest.raises(TypeError, match="return_stats must be a bool"):
+        function(LABELS, X, return_stats=1)
+
+
+@pytest.mark.parametrize("function", LOSSES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_loss_keeps_the_input_precision(function, backend):
+    for dtype in (np.float16, np.float32, np.float64, np.int32):
+        result = function(LABELS, (X * 4).astype(dtype), backend=backend)
+        values = result if isinstance(result, tuple) else (result,)
+        expected = np.float64 if dtype == np.int32 else dtype
+        assert all(v.dtype == expected for v in values), (dtype, [v.dtype for v in values])
+
+
+@pytest.mark.parametrize("function", [f for f in LOSSES if f.__name__.endswith("_and_grad")])
+def test_a_callable_metric_has_no_gradient(function):
+    with pytest.raises(TypeError, match="callable metric has no gradient"):
+        function(LABELS, X, distance_metric=lambda x: x @ x.T)

@@ -7,7 +7,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import semihard_numba as sn
+
+import cpu_paths
+from cpu_paths import LINEAR, SORTED
 from semihard_numba import _cpu
+from semihard_numba._rules import Rule
 from semihard_numba._distances import pairwise_distances
 from semihard_numba._inputs import host_batch
 
@@ -88,15 +92,71 @@ def test_backends_agree_with_the_readable_loop(batch):
         assert_gradients_close(grad, expected_grad, x, metric, rtol=1e-4, err_msg=backend)
 
 
+# the other rules: (loss, loss_and_grad) with the keyword arguments after the metric
+OTHER_RULES = {
+    "hard": (sn.triplet_hard_loss, sn.triplet_hard_loss_and_grad, {}),
+    "hard, soft": (sn.triplet_hard_loss, sn.triplet_hard_loss_and_grad, {"soft": True}),
+    "batch-all": (sn.triplet_batch_all_loss, sn.triplet_batch_all_loss_and_grad, {}),
+    "all-semihard": (sn.triplet_all_semihard_loss, sn.triplet_all_semihard_loss_and_grad, {}),
+}
+
+
+def call(function, labels, x, margin, metric, options, backend):
+    return function(
+        labels,
+        x,
+        margin=margin,
+        distance_metric=metric,
+        backend=backend,
+        return_stats=True,
+        **options,
+    )
+
+
+@given(batches(), st.sampled_from(sorted(OTHER_RULES)))
+def test_the_other_rules_agree_with_the_readable_loops(batch, rule):
+    labels, x, metric, margin = batch
+    loss_fn, grad_fn, options = OTHER_RULES[rule]
+    # the sorted search sums in float64 what the loops sum term by term: a few roundings apart
+    rtol = 1e-5 if x.dtype == np.float32 else 1e-12
+    expected, expected_stats = call(loss_fn, labels, x, margin, metric, options, "python")
+    _, expected_grad, _ = call(grad_fn, labels, x, margin, metric, options, "python")
+    for backend in ("numpy", "cpu"):
+        loss, stats = call(loss_fn, labels, x, margin, metric, options, backend)
+        assert loss.dtype == x.dtype and stats == expected_stats, backend
+        np.testing.assert_allclose(loss, expected, rtol=rtol, atol=1e-6, err_msg=backend)
+        grad_loss, grad, grad_stats = call(grad_fn, labels, x, margin, metric, options, backend)
+        assert grad_loss == loss and grad_stats == stats
+        assert_gradients_close(grad, expected_grad, x, metric, rtol=1e-4, err_msg=backend)
+
+
+@given(batches(max_batch=40), st.sampled_from(["batch-all", "all-semihard"]))
+def test_sorted_and_post_loop_paths_agree_for_every_triplet(batch, rule):
+    labels, x, metric, margin = batch
+    b = host_batch(labels, x, margin, metric)
+    (loss_l, stats_l, grad_l), (loss_s, stats_s, grad_s) = (
+        _cpu.evaluate(b, Rule(rule), True, sorted_search_min_positives=search)
+        for search in (LINEAR, SORTED)
+    )
+    assert stats_l == stats_s
+    np.testing.assert_allclose(loss_s, loss_l, rtol=1e-6 if x.dtype == np.float32 else 1e-13)
+    np.testing.assert_array_equal(grad_l, grad_s)  # integer counts either way
+
+
 @given(batches(max_batch=40))
 def test_sorted_and_linear_negative_search_are_identical(batch):
     labels, x, metric, margin = batch
     b = host_batch(labels, x, margin, metric)
     linear, sorted_ = 10**9, 0  # sort_min_positives: never / always sort
-    assert _cpu.loss(b, linear) == _cpu.loss(b, sorted_)
-    assert_same_mining(_cpu.mine(b, linear), _cpu.mine(b, sorted_))
-    loss_l, grad_l = _cpu.loss_and_grad(b, linear)
-    loss_s, grad_s = _cpu.loss_and_grad(b, sorted_)
+    assert cpu_paths.loss(b, sorted_search_min_positives=linear) == cpu_paths.loss(
+        b, sorted_search_min_positives=sorted_
+    )
+    assert_same_mining(
+        cpu_paths.mine(b, sorted_search_min_positives=linear),
+        cpu_paths.mine(b, sorted_search_min_positives=sorted_),
+    )
+    loss_l, grad_l = cpu_paths.loss_and_grad(b, sorted_search_min_positives=linear)
+    loss_s, grad_s = cpu_paths.loss_and_grad(b, sorted_search_min_positives=sorted_)
     assert loss_l == loss_s
     np.testing.assert_array_equal(grad_l, grad_s)
 
@@ -115,8 +175,8 @@ def test_sparse_and_dense_backward_agree(batch):
     labels, x, metric, margin = batch
     b = host_batch(labels, x, margin, metric)
     sparse, dense = 0, 10**9  # sparse_backward_max_density: always / never walk the nonzeros
-    loss_s, grad_s = _cpu.loss_and_grad(b, sparse_backward_max_density=sparse)
-    loss_d, grad_d = _cpu.loss_and_grad(b, sparse_backward_max_density=dense)
+    loss_s, grad_s = cpu_paths.loss_and_grad(b, sparse_backward_max_density=sparse)
+    loss_d, grad_d = cpu_paths.loss_and_grad(b, sparse_backward_max_density=dense)
     assert loss_s == loss_d
     rtol = 1e-5 if x.dtype == np.float32 else 1e-12
     assert_gradients_close(grad_s, grad_d, x, metric, rtol=rtol)
@@ -179,4 +239,6 @@ def test_a_callable_metric_with_negative_values_agrees_too(batch):
             sn.mine_semihard(labels, x, margin, negative_dot, backend=backend), expected
         )
     b = host_batch(labels, x, margin, negative_dot)
-    assert _cpu.loss(b, 10**9) == _cpu.loss(b, 0)  # linear and sorted search
+    assert cpu_paths.loss(b, sorted_search_min_positives=10**9) == cpu_paths.loss(
+        b, sorted_search_min_positives=0
+    )  # linear and sorted search

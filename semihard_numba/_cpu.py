@@ -5,7 +5,8 @@ one cost every implementation pays. Then each rule's kernel runs the post's loop
 anchor turns its own row into distances in place (`_metrics.distance`) and runs its positive loop
 over that row. For "semihard" that is the post itself, each positive's negative coming from the
 post's search (`_loop.choose_negative`); "batch-all" and "all-semihard" loop over the negatives of
-every positive (`_loop.pair_triplets`); "hard" needs one pass over the row (`_loop.hardest_pair`).
+every positive (`_loop.pair_triplets`); "hard" needs one pass over the row
+(`_loop.hardest_pair`).
 An anchor with at least SORTED_SEARCH_MIN_POSITIVES positives sorts its negatives once instead
 (`_sorted_search`). Nothing else of size B x B is allocated and no two threads touch the same row.
 Each anchor's sums go to their own slots, added in a fixed order after the kernel, so the result
@@ -267,12 +268,8 @@ def _every_triplet_loops(with_sorted_search):
                     t, c, act, far, passing = pair_triplets(
                         distances, labels, a, p, margin, rule, epsilon
                     )
-                    total, counted, active, farther = (
-                        total + t,
-                        counted + c,
-                        active + act,
-                        farther + far,
-                    )
+                    total, counted = total + t, counted + c
+                    active, farther = active + act, farther + far
                     if want_grad:
                         grad[p] += passing
                 if want_grad and same.shape[0] > 1:

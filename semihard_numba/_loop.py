@@ -123,7 +123,7 @@ def hard_candidate(labels, a, n, has_positives, has_negatives):
     return (same and n != a) or not has_positives, not same or not has_negatives
 
 
-@njit(cache=CACHE)
+@njit(cache=CACHE, inline="always")
 def triplet_counts(d_ap, d_an, margin, rule, epsilon):
     """One triplet (a, p, n) of "batch-all" or "all-semihard" (`_rules.CODES`), from D[a, p] and
     D[a, n]: (l, kept, counted, passes). l = (d_ap - d_an) + margin, as the references compute it;
@@ -151,7 +151,9 @@ def pair_triplets(distances, labels, a, p, margin, rule, epsilon):
             continue
         farther += distances[n] > distances[p]
         l, kept, count, passes = triplet_counts(distances[p], distances[n], margin, rule, epsilon)
-        if kept and l > zero:
+        if not kept:
+            continue  # all-semihard: not semi-hard
+        if l > zero:
             total += l
             active += 1
         counted += count

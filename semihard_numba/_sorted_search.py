@@ -35,17 +35,23 @@ def sort_negatives(distances, labels, a, n_negatives, bucket_max):
     """a's negatives by increasing distance, ties in index order: (order, values, buckets), with
     values[i] = distances[order[i]] and buckets = (start, lo, scale) for `first_above` (start is
     empty where np.argsort was used)."""
-    negatives = np.empty(n_negatives, dtype=np.int64)
+    negatives = np.empty(n_negatives + 1, dtype=np.int64)
     j = 0
-    for n in range(distances.shape[0]):
-        if labels[n] != labels[a]:
-            negatives[j] = n
-            j += 1
-    buckets = _buckets(distances[negatives], bucket_max)
+    for n in range(distances.shape[0]):  # without a branch: with large classes, a coin toss
+        negatives[j] = n
+        j += labels[n] != labels[a]
+    return sort_by_distance(negatives[:n_negatives], distances, bucket_max)
+
+
+@njit(cache=CACHE)
+def sort_by_distance(indices, distances, bucket_max):
+    """(order, values, buckets): `indices` by increasing distances[indices], ties in index order."""
+    unsorted = distances[indices]
+    buckets = _buckets(unsorted, bucket_max)
     if buckets[0].shape[0] == 0:  # clumped
-        order, values = _argsort(negatives, distances[negatives])
+        order, values = _argsort(indices, unsorted)
     else:
-        order, values = _bucket_sort(negatives, distances[negatives], buckets)
+        order, values = _bucket_sort(indices, unsorted, buckets)
     return order, values, buckets
 
 
@@ -111,10 +117,10 @@ def _argsort(negatives, unsorted):
     return negatives[by_value], unsorted[by_value]
 
 
-@njit(cache=CACHE)
-def first_above(values, buckets, x):
-    """The position of the first sorted value strictly above x (len(values) if none)."""
-    start, lo, scale = buckets
+@njit(cache=CACHE, inline="always")
+def first_above(values, start, lo, scale, x):
+    """The position of the first sorted value strictly above x (len(values) if none), with the
+    buckets (start, lo, scale) of `sort_negatives`."""
     if start.shape[0] == 0:
         return np.searchsorted(values, x, side="right")
     b = _bucket(x, lo, scale, start.shape[0] - 1)
@@ -140,26 +146,22 @@ def semihard_negatives(distances, labels, a, positives, n_negatives, bucket_max,
     """The second path of the "semihard" rule: first[p] = the sorted position of the first
     negative strictly farther than p, for a's positives p (n_negatives if there is none).
     Returns (order, run_end) (`sort_negatives`, `run_ends`). positives: a's class, a included."""
-    order, values, buckets = sort_negatives(distances, labels, a, n_negatives, bucket_max)
+    order, values, (start, lo, scale) = sort_negatives(
+        distances, labels, a, n_negatives, bucket_max
+    )
     for p in positives:
         if p != a:
-            first[p] = first_above(values, buckets, distances[p])
+            first[p] = first_above(values, start, lo, scale, distances[p])
     return order, run_ends(values)
 
 
-@njit(cache=CACHE)
-def _run_end(values, buckets, d_ap, margin, rule, epsilon, field, start_at):
-    """Where the sorted negatives from position start_at on stop satisfying field `field` of
-    `triplet_counts` (1: kept, 2: l > epsilon, 3: passes) with the positive at d_ap: each holds
-    for a prefix, as D[a, n] grows. Guessed from the buckets, then moved to where the rule's own
-    float comparison changes."""
-    n = values.shape[0]
-    i = max(start_at, first_above(values, buckets, np.float64(d_ap) + np.float64(margin)))
-    while i > start_at and not triplet_counts(d_ap, values[i - 1], margin, rule, epsilon)[field]:
-        i -= 1
-    while i < n and triplet_counts(d_ap, values[i], margin, rule, epsilon)[field]:
-        i += 1
-    return i
+@njit(cache=CACHE, inline="always")
+def _run_end(values, d_ap, margin, rule, epsilon, field, start, end):
+    """Move `start` right, up to `end`, while the sorted negative there satisfies field `field`
+    of `triplet_counts` (1: kept, 2: l > epsilon, 3: passes) with the positive at d_ap."""
+    while start < end and triplet_counts(d_ap, values[start], margin, rule, epsilon)[field]:
+        start += 1
+    return start
 
 
 @njit(cache=CACHE)
@@ -168,8 +170,20 @@ def every_triplet(
 ):
     """The second path of "batch-all" and "all-semihard" for anchor a: (total, counted, active,
     farther) as `_loop.pair_triplets` gives them, summed over a's positives. With grad (its length
-    is the batch's), adds the gradient of the sum: +1 at p and -1 at n per triplet that passes."""
-    order, values, buckets = sort_negatives(distances, labels, a, n_negatives, bucket_max)
+    is the batch's), adds the gradient of the sum: +1 at p and -1 at n per triplet that passes.
+
+    Both a's negatives and its positives are sorted: as D[a, p] grows, each end of p's run of
+    triplets only moves right, so one sweep finds them all."""
+    if positives.shape[0] < 2:  # a alone in its class
+        return 0.0, 0, 0, 0
+    order, values, _ = sort_negatives(distances, labels, a, n_negatives, bucket_max)
+    others = np.empty(positives.shape[0] - 1, dtype=np.int64)
+    j = 0
+    for p in positives:
+        if p != a:
+            others[j] = p
+            j += 1
+    positive_order, positive_values, _ = sort_by_distance(others, distances, bucket_max)
     zero = epsilon - epsilon
     prefix = np.zeros(n_negatives + 1)  # prefix[i]: the sum of the i nearest negatives
     for i in range(n_negatives):
@@ -177,28 +191,31 @@ def every_triplet(
     passing = np.zeros(n_negatives + 1, dtype=np.int64)  # the -1s, as differences by position
     total = 0.0
     counted = active = farther = 0
-    for p in positives:
-        if p == a:
-            continue
-        d_ap = distances[p]
-        above = first_above(values, buckets, d_ap)
+    above = first = end = positive_end = counted_end = passing_end = 0
+    for j in range(positive_order.shape[0]):
+        p, d_ap = positive_order[j], positive_values[j]
+        while above < n_negatives and values[above] <= d_ap:
+            above += 1
         farther += n_negatives - above
-        # the triplets the rule keeps: every negative, or those with 0 < d_an - d_ap <= margin
-        lo, hi = 0, n_negatives
-        if rule != BATCH_ALL_CODE:
-            lo = above
-            hi = _run_end(values, buckets, d_ap, margin, rule, epsilon, 1, lo)
-        positive_end = min(hi, _run_end(values, buckets, d_ap, margin, rule, zero, 2, lo))
-        counted_end = min(hi, _run_end(values, buckets, d_ap, margin, rule, epsilon, 2, lo))
-        active += positive_end - lo
-        counted += counted_end - lo
-        total += (positive_end - lo) * (np.float64(d_ap) + np.float64(margin)) - (
-            prefix[positive_end] - prefix[lo]
+        # the triplets the rule keeps: every one, or those with 0 < d_an - d_ap <= margin
+        if rule == BATCH_ALL_CODE:
+            end = n_negatives
+        else:
+            first = above
+            end = _run_end(values, d_ap, margin, rule, epsilon, 1, max(end, first), n_negatives)
+        positive_end = _run_end(values, d_ap, margin, rule, zero, 2, max(positive_end, first), end)
+        counted_end = _run_end(values, d_ap, margin, rule, epsilon, 2, max(counted_end, first), end)
+        active += positive_end - first
+        counted += counted_end - first
+        total += (positive_end - first) * (np.float64(d_ap) + np.float64(margin)) - (
+            prefix[positive_end] - prefix[first]
         )
         if grad.shape[0] > 0:
-            passing_end = min(hi, _run_end(values, buckets, d_ap, margin, rule, epsilon, 3, lo))
-            grad[p] += passing_end - lo
-            passing[lo] += 1
+            passing_end = _run_end(
+                values, d_ap, margin, rule, epsilon, 3, max(passing_end, first), end
+            )
+            grad[p] += passing_end - first
+            passing[first] += 1
             passing[passing_end] -= 1
     if grad.shape[0] > 0:
         count = 0

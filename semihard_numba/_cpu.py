@@ -26,9 +26,9 @@ import types
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from ._cache import CACHE
+from ._cache import jit
 from ._classes import class_tables
 from ._distances import (
     gram,
@@ -72,7 +72,7 @@ def _serial_and_parallel(body):
         body.__code__, body.__globals__, body.__name__, body.__defaults__, body.__closure__
     )
     twin.__qualname__ = body.__qualname__ + "_parallel"
-    return njit(cache=CACHE)(body), njit(parallel=True, cache=CACHE)(twin)
+    return jit(body), jit(twin, parallel=True)
 
 
 _forked = False
@@ -91,7 +91,7 @@ def _pick(kernels, batch_size):
     return serial if batch_size < SERIAL_MAX_BATCH or _forked else parallel
 
 
-@njit(cache=CACHE)
+@jit
 def _to_distances(row, sq, a, metric):
     """Row a of the Gram matrix, in place, to row a of TFA's distance matrix."""
     if metric != PRECOMPUTED:  # a callable metric's row is a distance row already
@@ -99,7 +99,7 @@ def _to_distances(row, sq, a, metric):
             row[n] = distance(row[n], sq, a, n, metric)
 
 
-@njit(cache=CACHE)
+@jit
 def _to_pre_distance_gradient(row, grad, metric):
     """Row a of the distance matrix, in place, to row a of dS/dP from grad = dS/dD[a, :]."""
     for n in range(row.shape[0]):
@@ -315,7 +315,7 @@ def _sparse_backward(W, y, self_weight):
 _SPARSE_BACKWARD = _serial_and_parallel(_sparse_backward)
 
 
-@njit(cache=CACHE)
+@jit
 def _add_transposed_tile_row(W, ti, tile):
     """The tiles (ti, tj >= ti) of W += W.T: each tile pair is read once and written once."""
     B = W.shape[0]

@@ -18,15 +18,13 @@ Where it departs from the post, TFA wins or speed does:
   chosen distance: the same n, but an index tracked inside the loop keeps it from vectorizing.
 """
 
-from numba import njit
-
-from ._cache import CACHE
+from ._cache import jit
 from ._rules import BATCH_ALL, CODES
 
 BATCH_ALL_CODE = CODES[BATCH_ALL]
 
 
-@njit(cache=CACHE)
+@jit
 def choose_negative(distances, labels, a, p, Min, Max):
     """TFA's negative for the pair (a, p): (n0, whether it is semi-hard).
 
@@ -56,7 +54,7 @@ def choose_negative(distances, labels, a, p, Min, Max):
     return -1, semihard
 
 
-@njit(cache=CACHE)
+@jit
 def count_negatives_at(distances, labels, a, n0):
     """How many negatives of a lie at exactly the distance of n0, the first of them: TFA's gradient
     shares the pair's -1 among them."""
@@ -66,7 +64,7 @@ def count_negatives_at(distances, labels, a, n0):
     return count
 
 
-@njit(cache=CACHE)
+@jit
 def smallest_entry(distances):
     """(n0, ties) for an anchor without any negative: TFA's masked maximum over an empty mask is
     the smallest entry of the row, n0 the first one at it and ties how many share it."""
@@ -80,7 +78,7 @@ def smallest_entry(distances):
     return n0, ties
 
 
-@njit(cache=CACHE)
+@jit
 def hardest_pair(distances, labels, a):
     """TFA's batch-hard choice for anchor a: (p0, p_ties, n0, n_ties), the first of its farthest
     positives and how many tie with it, the first of its nearest negatives and how many tie.
@@ -116,14 +114,14 @@ def hardest_pair(distances, labels, a):
     return p0, p_ties, n0, n_ties
 
 
-@njit(cache=CACHE)
+@jit
 def hard_candidate(labels, a, n, has_positives, has_negatives):
     """(n may be a's hardest positive, n may be its hardest negative), TFA's fallbacks included."""
     same = labels[n] == labels[a]
     return (same and n != a) or not has_positives, not same or not has_negatives
 
 
-@njit(cache=CACHE, inline="always")
+@jit(inline="always")
 def triplet_counts(d_ap, d_an, margin, rule, epsilon):
     """One triplet (a, p, n) of "batch-all" or "all-semihard" (`_rules.CODES`), from D[a, p] and
     D[a, n]: (l, kept, counted, passes). l = (d_ap - d_an) + margin, as the references compute it;
@@ -137,7 +135,7 @@ def triplet_counts(d_ap, d_an, margin, rule, epsilon):
     return l, kept, kept and l > epsilon, kept and passes
 
 
-@njit(cache=CACHE)
+@jit
 def pair_triplets(distances, labels, a, p, margin, rule, epsilon):
     """The post's loop over the negatives of the pair (a, p) for "batch-all" and "all-semihard":
     (total, counted, active, farther, passing): the sum of the losses l > 0 of the rule's
@@ -161,7 +159,7 @@ def pair_triplets(distances, labels, a, p, margin, rule, epsilon):
     return total, counted, active, farther, passing
 
 
-@njit(cache=CACHE)
+@jit
 def passing_positives(distances, positives, a, n, margin, rule, epsilon):
     """How many of a's positives make a triplet with the negative n that passes gradient: n's
     share of -1s in the gradient of the rule's sum. positives: a's class, a included (skipped)."""

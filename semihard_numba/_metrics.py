@@ -8,9 +8,7 @@ argument, never as Python floats (Numba would promote float32 arithmetic to floa
 
 import math
 
-from numba import njit
-
-from ._cache import CACHE
+from ._cache import jit
 
 NAMES = ("L2", "squared-L2", "angular")
 PRECOMPUTED, L2, SQUARED_L2, ANGULAR = 0, 1, 2, 3  # PRECOMPUTED: a callable returned the matrix
@@ -22,7 +20,7 @@ def code(metric):
     return PRECOMPUTED if callable(metric) else CODES[metric]
 
 
-@njit(cache=CACHE)
+@jit
 def distance(gram, sq, a, n, metric):
     """D[a, n] from the Gram entry gram = y_a . y_n, as TFA computes it, in sq's dtype.
 
@@ -40,7 +38,7 @@ def distance(gram, sq, a, n, metric):
     return math.sqrt(d2) if metric == L2 else d2
 
 
-@njit(cache=CACHE)
+@jit
 def pre_distance_gradient(grad, d, metric, like):
     """dL/dP for one entry from grad = dL/dD and the distance d, where P is the squared distance
     ("L2", "squared-L2") or the cosine ("angular"); `like` is any array of the compute dtype.

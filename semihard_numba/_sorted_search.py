@@ -21,16 +21,15 @@ Each step is a function of its own: compiled as one, the loops ran at half the s
 """
 
 import numpy as np
-from numba import njit
 
-from ._cache import CACHE
+from ._cache import jit
 from ._loop import BATCH_ALL_CODE, triplet_counts
 
 BUCKETS_PER_NEGATIVE = 2
 BUCKET_MAX = 16
 
 
-@njit(cache=CACHE)
+@jit
 def sort_negatives(distances, labels, a, n_negatives, bucket_max):
     """a's negatives by increasing distance, ties in index order: (order, values, buckets), with
     values[i] = distances[order[i]] and buckets = (start, lo, scale) for `first_above` (start is
@@ -43,7 +42,7 @@ def sort_negatives(distances, labels, a, n_negatives, bucket_max):
     return sort_by_distance(negatives[:n_negatives], distances, bucket_max)
 
 
-@njit(cache=CACHE)
+@jit
 def sort_by_distance(indices, distances, bucket_max):
     """(order, values, buckets): `indices` by increasing distances[indices], ties in index order."""
     unsorted = distances[indices]
@@ -55,14 +54,14 @@ def sort_by_distance(indices, distances, bucket_max):
     return order, values, buckets
 
 
-@njit(cache=CACHE)
+@jit
 def _bucket(value, lo, scale, n_buckets):
     """The bucket of a value: never decreases as the value grows (float64 arithmetic, clamped
     before the conversion to an integer), so equal values share a bucket."""
     return np.int64(min(max((np.float64(value) - lo) * scale, 0.0), n_buckets - 1.0))
 
 
-@njit(cache=CACHE)
+@jit
 def _buckets(unsorted, bucket_max):
     """(start, lo, scale): bucket b will hold sorted positions start[b] ... start[b + 1] - 1, and
     value v goes to bucket `_bucket(v, lo, scale, len(start) - 1)`. start is empty where a bucket
@@ -83,7 +82,7 @@ def _buckets(unsorted, bucket_max):
     return start, lo, scale
 
 
-@njit(cache=CACHE)
+@jit
 def _bucket_sort(negatives, unsorted, buckets):
     """(order, values): deal into buckets in index order, then insertion-sort within them."""
     start, lo, scale = buckets
@@ -110,14 +109,14 @@ def _bucket_sort(negatives, unsorted, buckets):
     return order, values
 
 
-@njit(cache=CACHE)
+@jit
 def _argsort(negatives, unsorted):
     """(order, values) by a stable comparison sort: for clumped distances."""
     by_value = np.argsort(unsorted, kind="mergesort")
     return negatives[by_value], unsorted[by_value]
 
 
-@njit(cache=CACHE, inline="always")
+@jit(inline="always")
 def first_above(values, start, lo, scale, x):
     """The position of the first sorted value strictly above x (len(values) if none), with the
     buckets (start, lo, scale) of `sort_negatives`."""
@@ -130,7 +129,7 @@ def first_above(values, start, lo, scale, x):
     return i
 
 
-@njit(cache=CACHE)
+@jit
 def run_ends(values):
     """run_end[i]: the end (exclusive) of the run of equal values that holds position i."""
     n = values.shape[0]
@@ -141,7 +140,7 @@ def run_ends(values):
     return run_end
 
 
-@njit(cache=CACHE)
+@jit
 def semihard_negatives(distances, labels, a, positives, n_negatives, bucket_max, first):
     """The second path of the "semihard" rule: first[p] = the sorted position of the first
     negative strictly farther than p, for a's positives p (n_negatives if there is none).
@@ -155,7 +154,7 @@ def semihard_negatives(distances, labels, a, positives, n_negatives, bucket_max,
     return order, run_ends(values)
 
 
-@njit(cache=CACHE, inline="always")
+@jit(inline="always")
 def _run_end(values, d_ap, margin, rule, epsilon, field, start, end):
     """Move `start` right, up to `end`, while the sorted negative there satisfies field `field`
     of `triplet_counts` (1: kept, 2: l > epsilon, 3: passes) with the positive at d_ap."""
@@ -164,7 +163,7 @@ def _run_end(values, d_ap, margin, rule, epsilon, field, start, end):
     return start
 
 
-@njit(cache=CACHE)
+@jit
 def every_triplet(
     distances, labels, a, positives, n_negatives, margin, rule, epsilon, bucket_max, grad
 ):

@@ -2,8 +2,10 @@
 order keys, its cache and its behaviour in forked processes."""
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -14,6 +16,7 @@ import semihard_numba as sn
 import cpu_paths
 from semihard_numba import _cpu
 from semihard_numba._batches import clustered_batch
+from semihard_numba._cache import SOURCES
 from semihard_numba._inputs import host_batch
 from semihard_numba._sorted_search import semihard_negatives
 
@@ -93,8 +96,33 @@ def test_on_disk_cache_serves_processes_with_another_thread_count(tmp_path):
         outputs.append(run.stdout)
     assert outputs[0] == outputs[1] == outputs[2]
     index_files = {p.name.split("-")[0] for p in tmp_path.rglob("*.nbi")}
-    assert "_cpu._semihard_loops.locals._semihard_loop" in index_files
-    assert "_cpu._semihard_loops.locals._semihard_loop_parallel" in index_files
+    kernel = "_cpu._semihard_loops.locals._semihard_loop"
+    assert f"{kernel}_{SOURCES}" in index_files
+    assert f"{kernel}_parallel_{SOURCES}" in index_files
+
+
+def test_an_edit_of_a_called_module_is_never_served_stale_from_the_cache(tmp_path):
+    """Numba keys its cache on the file that defines a kernel: after an edit of _metrics.py, a
+    cached kernel of _cpu.py would run the old distance. The digest of the sources in every
+    cache name makes the edited package compile afresh."""
+    package = tmp_path / "semihard_numba"
+    shutil.copytree(Path(sn.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    run = [
+        sys.executable,
+        "-c",
+        "import semihard_numba as sn; print(float(sn.triplet_semihard_loss([0, 0, 1, 1], [[0.0], [1.0], [1.5], [4.0]])))",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), SEMIHARD_NUMBA_CACHE="1")
+    env.pop("NUMBA_CACHE_DIR", None)
+    before = subprocess.run(run, env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
+    before = before.stdout
+    assert list(package.glob("__pycache__/*.nbi")), "nothing was cached"
+    metrics = package / "_metrics.py"
+    source = metrics.read_text()
+    assert "    return math.sqrt(d2) if metric == L2 else d2" in source
+    metrics.write_text(source.replace("math.sqrt(d2) if", "math.sqrt(d2 + d2) if"))  # D * sqrt(2)
+    after = subprocess.run(run, env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert float(after.stdout) != float(before)
 
 
 FORKED_RUN = """

@@ -375,27 +375,28 @@ def ptx_only(cc):
         M, V, I = f[:, ::1], f[::1], t.int64[::1]
         classes = t.Tuple((t.int32[::1], I, I, I, I))
         totals = t.float64[:, ::1]
-        common = (M, classes, f, t.int64, totals)
+        common = (M, I, classes, f, t.int64, totals)
         mined = t.Tuple((I, I, I, t.boolean[::1], V))
         chosen = t.Tuple((V, I))
-        row_norms, symmetrize, finish_squared, finish_angular = _cuda_kernels.elementwise_kernels(
-            dt
-        )
-        gram = _cuda_kernels.matmul_kernel(dt, _cuda.TILE, _cuda.REG, True)
+        row_norms, symmetrize = _cuda_kernels.elementwise_kernels(dt)
+        sums, accumulate_rows, accumulate_all, finish = _cuda_kernels.backward_kernels(dt)
+        F64 = t.float64[::1]
         kernels = {
-            "gram": (gram, (M, M, V, t.int64, M)),
-            "matmul": (
-                _cuda_kernels.matmul_kernel(dt, _cuda.TILE, _cuda.REG, False),
-                (M, M, V, t.int64, M),
-            ),
-            "totals": (_cuda_kernels.totals_kernel(_cuda.THREADS), (totals, t.float64[::1])),
-            "rowsum": (_cuda_kernels.rowsum_kernel(dt, _cuda.THREADS), (M, V)),
+            "totals": (_cuda_kernels.totals_kernel(_cuda.THREADS), (totals, F64)),
             "row_norms": (row_norms, (M, t.int64, V, M, V)),
-            "symmetrize": (symmetrize, (M, f)),
-            "finish_squared": (finish_squared, (M, V, M, M)),
-            "finish_angular": (finish_angular, (M, V, V, M, M)),
+            "symmetrize": (symmetrize, (M,)),
+            "sums": (sums, (M, F64, F64)),
+            "accumulate_rows": (accumulate_rows, (M, I, M, F64, M, f)),
+            "accumulate_all": (accumulate_all, (M, M, F64, M, f)),
+            "finish": (finish, (M, f, t.boolean, M, V, V, M)),
+            "take_rows": (_cuda_kernels.take_rows_kernel, (M, I, M)),
             "nonfinite": (_cuda_kernels.nonfinite_rows_kernel, (M, t.uint8[::1])),
         }
+        for mode in ("GRAM", "PRODUCT", "TRANSPOSED_PRODUCT"):
+            kernel = _cuda_kernels.matmul_kernel(
+                dt, _cuda.TILE, _cuda.REG, getattr(_cuda_kernels, mode)
+            )
+            kernels[f"matmul {mode}"] = (kernel, (M, M, I, V, t.int64, M))
         for want_mine, want_grad in ((False, False), (True, False), (False, True)):
             kernel = _cuda_kernels.semihard_kernel(dt, _cuda.THREADS, want_mine, want_grad)
             kernels[f"semihard mine={want_mine} grad={want_grad}"] = (
@@ -407,11 +408,12 @@ def ptx_only(cc):
                 kernel = _cuda_kernels.hard_kernel(dt, _cuda.THREADS, soft, want_grad)
                 kernels[f"hard soft={soft} grad={want_grad}"] = (kernel, common)
         for rule in ("batch-all", "all-semihard"):
-            for want_grad in (False, True):
+            for want_grad, want_values in ((False, False), (True, False), (False, True)):
                 kernel = _cuda_kernels.every_triplet_kernel(
-                    dt, _cuda.THREADS, CODES[rule], want_grad
+                    dt, _cuda.THREADS, CODES[rule], want_grad, want_values
                 )
-                kernels[f"{rule} grad={want_grad}"] = (kernel, (*common, I))
+                name = f"{rule} grad={want_grad} values={want_values}"
+                kernels[name] = (kernel, (*common, t.Tuple((I, V))))
         for name, (kernel, sig) in kernels.items():
             try:
                 cuda.compile_ptx(kernel.py_func, sig, cc=cc)

@@ -3,6 +3,7 @@
 import numpy as np
 
 from ._dispatch import resolve
+from ._inputs import check_reduction
 from ._rules import ALL_SEMIHARD, BATCH_ALL, HARD, SEMIHARD, Rule
 
 _PARAMETERS = """
@@ -29,6 +30,18 @@ _PARAMETERS = """
         of at least SEMIHARD_NUMBA_CUDA_MIN_BATCH rows when a GPU is usable, else "cpu".
     check_finite : bool, default True
         Raise ValueError on NaN or infinite embeddings; False skips the check.
+"""
+
+_ANCHORS = """    anchors : None, slice, integer indices or boolean mask of B entries, default None
+        The rows that act as anchors (all by default); positives and negatives come from every
+        row. Taken as a set, in increasing order.
+"""
+
+_REDUCTION = """    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean": the anchors' sum divided by the rule's denominator (`TripletStats.denominator`);
+        "sum": the sum, which adds up exactly over a partition of the anchors; "none" (the losses
+        only): one value per pair (a, p) in `mine_semihard`'s order, the sum over its negatives
+        for "batch-all" and "all-semihard", or one per anchor for "hard".
 """
 
 _STATS = """    return_stats : bool, default False
@@ -62,15 +75,27 @@ def _document(function=None, extra="", stats=True, returns=_RETURNS):
     if function is None:
         return lambda f: _document(f, extra, stats, returns)
     parameters = _PARAMETERS.replace("    distance_metric :", extra + "    distance_metric :")
-    doc = function.__doc__.replace("    {parameters}\n", parameters + (_STATS if stats else ""))
+    parameters += _ANCHORS + (_REDUCTION + _STATS if stats else "")
+    doc = function.__doc__.replace("    {parameters}\n", parameters)
     function.__doc__ = doc.replace("    {returns}\n", returns)
     return function
 
 
 def _evaluate(rule, want_grad, args):
     """What every loss function does with its arguments (labels, embeddings, margin,
-    distance_metric, backend, check_finite, return_stats)."""
-    labels, embeddings, margin, distance_metric, backend, check_finite, return_stats = args
+    distance_metric, backend, check_finite, anchors, reduction, return_stats)."""
+    (
+        labels,
+        embeddings,
+        margin,
+        distance_metric,
+        backend,
+        check_finite,
+        anchors,
+        reduction,
+        return_stats,
+    ) = args
+    check_reduction(reduction, allow_none=not want_grad)
     if want_grad and callable(distance_metric):
         raise TypeError(
             "the gradient needs a named distance_metric ('L2', 'squared-L2', 'angular'): a "
@@ -79,10 +104,15 @@ def _evaluate(rule, want_grad, args):
     if not isinstance(return_stats, (bool, np.bool_)):
         raise TypeError(f"return_stats must be a bool, got {return_stats!r}")
     implementation, batch = resolve(
-        labels, embeddings, margin, distance_metric, backend, check_finite
+        labels, embeddings, margin, distance_metric, backend, check_finite, anchors
     )
-    loss, stats, grad = implementation.evaluate(batch, rule, want_grad)
-    result = [batch.out_dtype.type(loss)]
+    loss, stats, grad = implementation.evaluate(batch, rule, want_grad, reduction)
+    if reduction == "none":  # per pair or per anchor, in the output dtype (device arrays stay)
+        result = [
+            loss.astype(batch.out_dtype, copy=False) if isinstance(loss, np.ndarray) else loss
+        ]
+    else:
+        result = [batch.out_dtype.type(loss)]
     if want_grad:
         if isinstance(grad, np.ndarray):  # device backends return it in the output dtype
             grad = grad.astype(batch.out_dtype, copy=False)
@@ -106,6 +136,8 @@ def triplet_semihard_loss(
     distance_metric="L2",
     backend="auto",
     check_finite=True,
+    anchors=None,
+    reduction="mean",
     return_stats=False,
 ):
     """Triplet loss with online semi-hard negative mining, as `tfa.losses.triplet_semihard_loss`.
@@ -130,7 +162,17 @@ def triplet_semihard_loss(
     >>> round(float(semihard_numba.triplet_semihard_loss(labels, x)), 6)
     0.542893
     """
-    args = labels, embeddings, margin, distance_metric, backend, check_finite, return_stats
+    args = (
+        labels,
+        embeddings,
+        margin,
+        distance_metric,
+        backend,
+        check_finite,
+        anchors,
+        reduction,
+        return_stats,
+    )
     return _evaluate(Rule(SEMIHARD), False, args)
 
 
@@ -142,6 +184,8 @@ def triplet_semihard_loss_and_grad(
     distance_metric="L2",
     backend="auto",
     check_finite=True,
+    anchors=None,
+    reduction="mean",
     return_stats=False,
 ):
     """The loss of `triplet_semihard_loss` and its gradient with respect to the embeddings.
@@ -153,7 +197,17 @@ def triplet_semihard_loss_and_grad(
     {parameters}
     {returns}
     """
-    args = labels, embeddings, margin, distance_metric, backend, check_finite, return_stats
+    args = (
+        labels,
+        embeddings,
+        margin,
+        distance_metric,
+        backend,
+        check_finite,
+        anchors,
+        reduction,
+        return_stats,
+    )
     return _evaluate(Rule(SEMIHARD), True, args)
 
 
@@ -166,6 +220,8 @@ def triplet_hard_loss(
     distance_metric="L2",
     backend="auto",
     check_finite=True,
+    anchors=None,
+    reduction="mean",
     return_stats=False,
 ):
     """Batch-hard triplet loss, as `tfa.losses.triplet_hard_loss`.
@@ -194,7 +250,17 @@ def triplet_hard_loss(
     1.0
     """
     rule = _hard_rule(soft)
-    args = labels, embeddings, margin, distance_metric, backend, check_finite, return_stats
+    args = (
+        labels,
+        embeddings,
+        margin,
+        distance_metric,
+        backend,
+        check_finite,
+        anchors,
+        reduction,
+        return_stats,
+    )
     return _evaluate(rule, False, args)
 
 
@@ -207,6 +273,8 @@ def triplet_hard_loss_and_grad(
     distance_metric="L2",
     backend="auto",
     check_finite=True,
+    anchors=None,
+    reduction="mean",
     return_stats=False,
 ):
     """The loss of `triplet_hard_loss` and its gradient with respect to the embeddings.
@@ -218,7 +286,17 @@ def triplet_hard_loss_and_grad(
     {returns}
     """
     rule = _hard_rule(soft)
-    args = labels, embeddings, margin, distance_metric, backend, check_finite, return_stats
+    args = (
+        labels,
+        embeddings,
+        margin,
+        distance_metric,
+        backend,
+        check_finite,
+        anchors,
+        reduction,
+        return_stats,
+    )
     return _evaluate(rule, True, args)
 
 
@@ -230,6 +308,8 @@ def triplet_batch_all_loss(
     distance_metric="L2",
     backend="auto",
     check_finite=True,
+    anchors=None,
+    reduction="mean",
     return_stats=False,
 ):
     """Batch-all triplet loss, as sentence-transformers' `BatchAllTripletLoss` computes it.
@@ -247,7 +327,17 @@ def triplet_batch_all_loss(
     >>> round(float(semihard_numba.triplet_batch_all_loss(labels, x)), 6)  # (0.5 + 2.5) / 2
     1.5
     """
-    args = labels, embeddings, margin, distance_metric, backend, check_finite, return_stats
+    args = (
+        labels,
+        embeddings,
+        margin,
+        distance_metric,
+        backend,
+        check_finite,
+        anchors,
+        reduction,
+        return_stats,
+    )
     return _evaluate(Rule(BATCH_ALL), False, args)
 
 
@@ -259,6 +349,8 @@ def triplet_batch_all_loss_and_grad(
     distance_metric="L2",
     backend="auto",
     check_finite=True,
+    anchors=None,
+    reduction="mean",
     return_stats=False,
 ):
     """The loss of `triplet_batch_all_loss` and its gradient with respect to the embeddings.
@@ -269,7 +361,17 @@ def triplet_batch_all_loss_and_grad(
     {parameters}
     {returns}
     """
-    args = labels, embeddings, margin, distance_metric, backend, check_finite, return_stats
+    args = (
+        labels,
+        embeddings,
+        margin,
+        distance_metric,
+        backend,
+        check_finite,
+        anchors,
+        reduction,
+        return_stats,
+    )
     return _evaluate(Rule(BATCH_ALL), True, args)
 
 
@@ -281,6 +383,8 @@ def triplet_all_semihard_loss(
     distance_metric="L2",
     backend="auto",
     check_finite=True,
+    anchors=None,
+    reduction="mean",
     return_stats=False,
 ):
     """FaceNet's semi-hard triplets, all of them, as pytorch-metric-learning computes them.
@@ -300,7 +404,17 @@ def triplet_all_semihard_loss(
     >>> round(float(semihard_numba.triplet_all_semihard_loss(labels, x)), 6)  # only (0, 1, 2)
     0.5
     """
-    args = labels, embeddings, margin, distance_metric, backend, check_finite, return_stats
+    args = (
+        labels,
+        embeddings,
+        margin,
+        distance_metric,
+        backend,
+        check_finite,
+        anchors,
+        reduction,
+        return_stats,
+    )
     return _evaluate(Rule(ALL_SEMIHARD), False, args)
 
 
@@ -312,6 +426,8 @@ def triplet_all_semihard_loss_and_grad(
     distance_metric="L2",
     backend="auto",
     check_finite=True,
+    anchors=None,
+    reduction="mean",
     return_stats=False,
 ):
     """The loss of `triplet_all_semihard_loss` and its gradient with respect to the embeddings.
@@ -322,13 +438,29 @@ def triplet_all_semihard_loss_and_grad(
     {parameters}
     {returns}
     """
-    args = labels, embeddings, margin, distance_metric, backend, check_finite, return_stats
+    args = (
+        labels,
+        embeddings,
+        margin,
+        distance_metric,
+        backend,
+        check_finite,
+        anchors,
+        reduction,
+        return_stats,
+    )
     return _evaluate(Rule(ALL_SEMIHARD), True, args)
 
 
 @_document(stats=False, returns=_MINED)
 def mine_semihard(
-    labels, embeddings, margin=1.0, distance_metric="L2", backend="auto", check_finite=True
+    labels,
+    embeddings,
+    margin=1.0,
+    distance_metric="L2",
+    backend="auto",
+    check_finite=True,
+    anchors=None,
 ):
     """The triplets TFA's rule picks: one negative for every ordered positive pair.
 
@@ -336,6 +468,6 @@ def mine_semihard(
     {returns}
     """
     implementation, batch = resolve(
-        labels, embeddings, margin, distance_metric, backend, check_finite
+        labels, embeddings, margin, distance_metric, backend, check_finite, anchors
     )
     return implementation.mine(batch)

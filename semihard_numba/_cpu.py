@@ -1,16 +1,19 @@
 """Backend "cpu": the post's loops compiled with Numba, parallel over anchors.
 
-The distance matrix starts as the Gram matrix y @ y.T from NumPy's BLAS (`_distances.gram`), the
-one cost every implementation pays. Then each rule's kernel runs the post's loops over it: every
-anchor turns its own row into distances in place (`_metrics.distance`) and runs its positive loop
-over that row. For "semihard" that is the post itself, each positive's negative coming from the
-post's search (`_loop.choose_negative`); "batch-all" and "all-semihard" loop over the negatives of
-every positive (`_loop.pair_triplets`); "hard" needs one pass over the row
-(`_loop.hardest_pair`).
-An anchor with at least SORTED_SEARCH_MIN_POSITIVES positives sorts its negatives once instead
-(`_sorted_search`). Nothing else of size B x B is allocated and no two threads touch the same row.
-Each anchor's sums go to their own slots, added in a fixed order after the kernel, so the result
-does not depend on the thread count.
+The anchors are taken in blocks. For each block, the block's rows of the Gram matrix y @ y.T come
+from NumPy's BLAS (`_distances.gram_rows`), the one cost every implementation pays; then the rule's
+kernel runs the post's loops over them: every anchor turns its own row into distances in place
+(`_metrics.distance`) and runs its positive loop over that row. For "semihard" that is the post
+itself, each positive's negative coming from the post's search (`_loop.choose_negative`);
+"batch-all" and "all-semihard" loop over the negatives of every positive (`_loop.pair_triplets`);
+"hard" needs one pass over the row (`_loop.hardest_pair`). An anchor with at least
+SORTED_SEARCH_MIN_POSITIVES positives sorts its negatives once instead (`_sorted_search`). No two
+threads touch the same row, and each anchor's sums go to their own slots, added in a fixed order
+after the kernel, so the result does not depend on the thread count.
+
+A block holds as many anchors as fit in `_distances.block_bytes()` (SEMIHARD_NUMBA_BLOCK_BYTES,
+1 GiB by default) beside their B columns: memory beyond the input is O(block x B), never O(B^2)
+unless the budget allows it.
 
 The kernels compute the sum over the rule's triplets, its gradient with respect to the distances
 (then to the embeddings) and the counts of `TripletStats`; `Rule.scale` makes the mean.
@@ -30,13 +33,7 @@ from numba import prange
 
 from ._cache import jit
 from ._classes import class_tables
-from ._distances import (
-    gram,
-    l2_normalize,
-    normalize_backward,
-    squared_norms,
-    symmetric_pre_distance_backward,
-)
+from ._distances import block_rows, gram_rows, l2_normalize, normalize_backward, squared_norms
 from ._inputs import check_distance_matrix
 from ._loop import (
     BATCH_ALL_CODE,
@@ -112,25 +109,40 @@ def _semihard_loops(with_sorted_search):
     before compiling, and ordinary batches never pay the sort's compile time."""
 
     def _semihard_loop(
-        labels, classes, G, keys, key_range, sq, metric, margin, search, want_grad, mined, totals
+        labels,
+        classes,
+        anchors,
+        G,
+        keys,
+        key_range,
+        sq,
+        metric,
+        margin,
+        search,
+        want_grad,
+        mined,
+        totals,
     ):
-        """The post's loops over a batch, every anchor at once (parallel: an anchor a thread).
+        """The post's loops over a block of anchors, every anchor at once (parallel: an anchor a
+        thread).
 
         labels: (B,) class codes; classes = (members, start) of `_classes.Classes`.
-        G: (B, B), the Gram matrix or a callable metric's distances; row a ends as dS/dP[a, :]
-        with want_grad, else as distances. keys: G's distances as order keys (`order_keys`),
-        key_range = (above, below) every key. search = (sorted_search_min_positives,
-        bucket_max). mined: a `MinedPairs`. totals[a] = (sum, pairs, active, semihard).
+        anchors: the block's anchors; G: their rows of the Gram matrix (or of a callable metric's
+        distances), row i for anchors[i], which ends as dS/dP[a, :] with want_grad, else as
+        distances. keys: G's distances as order keys (`order_keys`), key_range = (above, below)
+        every key. search = (sorted_search_min_positives, bucket_max). mined: a `MinedPairs`.
+        totals[i] = (sum, pairs, active, semihard).
         """
         N = labels.shape[0]
         members, start = classes
         above, below = key_range
         sorted_search_min_positives, bucket_max = search
         zero = G.dtype.type(0)
-        for a in prange(N):  # give every embedding in the batch the chance to be an anchor
-            distances = G[a]
+        for i in prange(anchors.shape[0]):  # give every anchor of the block its chance
+            a = anchors[i]
+            distances = G[i]
             _to_distances(distances, sq, a, metric)
-            keys_a = keys[a]
+            keys_a = keys[i]
             same = members[start[labels[a]] : start[labels[a] + 1]]
             n_negatives = N - same.shape[0]
             sort = n_negatives > 0 and same.shape[0] - 1 >= sorted_search_min_positives
@@ -153,10 +165,10 @@ def _semihard_loops(with_sorted_search):
                     smallest, ties = smallest_entry(distances)
                     n0, semihard, d_an = -1, False, distances[smallest]
                 elif with_sorted_search and sort:
-                    i = first[p]
-                    semihard = i < n_negatives
-                    i = i if semihard else far
-                    n0 = order[i]
+                    j = first[p]
+                    semihard = j < n_negatives
+                    j = j if semihard else far
+                    n0 = order[j]
                     d_an = distances[n0]
                 else:
                     n0, semihard = choose_negative(keys_a, labels, a, p, above, below)
@@ -166,7 +178,7 @@ def _semihard_loops(with_sorted_search):
                 active += l > zero
                 semihard_pairs += semihard
                 if mined.want:
-                    pair = mined.pair_offset[a] + k
+                    pair = mined.pair_offset[i] + k
                     mined.anchor[pair] = a
                     mined.positive[pair] = p
                     mined.negative[pair] = n0
@@ -180,9 +192,9 @@ def _semihard_loops(with_sorted_search):
                             if distances[n] == distances[smallest]:
                                 grad[n] -= 1 / ties
                     elif with_sorted_search and sort:
-                        ties = run_end[i] - i
-                        for j in range(i, run_end[i]):
-                            grad[order[j]] -= 1 / ties
+                        ties = run_end[j] - j
+                        for m in range(j, run_end[j]):
+                            grad[order[m]] -= 1 / ties
                     else:
                         ties = count_negatives_at(keys_a, labels, a, n0)
                         if ties == 1:  # most often: no second pass
@@ -192,23 +204,25 @@ def _semihard_loops(with_sorted_search):
                                 if labels[n] != labels[a] and keys_a[n] == keys_a[n0]:
                                     grad[n] -= 1 / ties
                 k += 1
-            totals[a, 0], totals[a, 1] = total, same.shape[0] - 1
-            totals[a, 2], totals[a, 3] = active, semihard_pairs
+            totals[i, 0], totals[i, 1] = total, same.shape[0] - 1
+            totals[i, 2], totals[i, 3] = active, semihard_pairs
             if want_grad:
                 _to_pre_distance_gradient(distances, grad, metric)
 
     return _serial_and_parallel(_semihard_loop)
 
 
-def _hard_loop(labels, classes, G, sq, metric, margin, soft, want_grad, totals):
-    """TFA's triplet_hard_loss for every anchor: one pass over its row for its farthest positive
-    and nearest negative (`_loop.hardest_pair`). Arguments as `_semihard_loop`'s; soft: the
-    soft-margin form. totals[a] = (a's loss, 1, active, hardest positive < hardest negative)."""
+def _hard_loop(labels, classes, anchors, G, sq, metric, margin, soft, want_grad, totals):
+    """TFA's triplet_hard_loss for a block of anchors: one pass over each row for its farthest
+    positive and nearest negative (`_loop.hardest_pair`). Arguments as `_semihard_loop`'s; soft:
+    the soft-margin form. totals[i] = (the anchor's loss, 1, active, hardest positive <
+    hardest negative)."""
     N = labels.shape[0]
     members, start = classes
     zero = G.dtype.type(0)
-    for a in prange(N):  # every embedding in the batch is an anchor
-        distances = G[a]
+    for i in prange(anchors.shape[0]):  # every anchor of the block
+        a = anchors[i]
+        distances = G[i]
         _to_distances(distances, sq, a, metric)
         size = start[labels[a] + 1] - start[labels[a]]
         p0, p_ties, n0, n_ties = hardest_pair(distances, labels, a)
@@ -220,7 +234,7 @@ def _hard_loop(labels, classes, G, sq, metric, margin, soft, want_grad, totals):
             hinge = z + margin
             l = np.float64(max(hinge, zero))
             slope = 1.0 if hinge >= zero else 0.0  # on the hinge TF's maximum still passes
-        totals[a, 0], totals[a, 1], totals[a, 2], totals[a, 3] = l, 1, l > 0, z < zero
+        totals[i, 0], totals[i, 1], totals[i, 2], totals[i, 3] = l, 1, l > 0, z < zero
         if want_grad:
             grad = np.zeros(N, dtype=G.dtype)  # tied candidates share the gradient
             for n in range(N):
@@ -239,29 +253,46 @@ def _every_triplet_loops(with_sorted_search):
     """The (serial, parallel) kernels of "batch-all" and "all-semihard" (see `_semihard_loops`)."""
 
     def _every_triplet_loop(
-        labels, classes, G, sq, metric, margin, rule, search, want_grad, totals
+        labels, classes, anchors, G, sq, metric, margin, rule, search, want_grad, pairs, totals
     ):
-        """Every triplet of the rule (`_rules.CODES`), anchor by anchor: for each positive the
-        post's loop over the negatives (`_loop.pair_triplets`), or the sorted search. Arguments
-        as `_semihard_loop`'s. totals[a] = (sum, counted, active, farther)."""
+        """Every triplet of the rule (`_rules.CODES`), for a block of anchors: for each
+        positive the post's loop over the negatives (`_loop.pair_triplets`), or the sorted
+        search. Arguments as `_semihard_loop`'s; classes = (members, start, position);
+        pairs = (want, pair_offset, values): values[pair_offset[i] + k], the sum of the losses of
+        anchors[i]'s k-th positive, where want. totals[i] = (sum, counted, active, farther)."""
         N = labels.shape[0]
-        members, start = classes
+        members, start, position = classes
+        want_pairs, pair_offset, pair_values = pairs
         sorted_search_min_positives, bucket_max = search
         epsilon = G.dtype.type(BATCH_ALL_EPSILON if rule == BATCH_ALL_CODE else 0)
-        for a in prange(N):  # give every embedding in the batch the chance to be an anchor
-            distances = G[a]
+        for i in prange(anchors.shape[0]):  # give every anchor of the block its chance
+            a = anchors[i]
+            distances = G[i]
             _to_distances(distances, sq, a, metric)
             same = members[start[labels[a]] : start[labels[a] + 1]]
             n_negatives = N - same.shape[0]
             grad = np.zeros(N if want_grad else 0, dtype=G.dtype)  # dS/dD[a, :]
+            values = pair_values[pair_offset[i] : pair_offset[i + 1]] if want_pairs else pair_values
             total = 0.0
             counted = active = farther = 0
             sort = n_negatives > 0 and same.shape[0] - 1 >= sorted_search_min_positives
             if with_sorted_search and sort:
                 total, counted, active, farther = every_triplet(
-                    distances, labels, a, same, n_negatives, margin, rule, epsilon, bucket_max, grad
+                    distances,
+                    labels,
+                    a,
+                    same,
+                    position,
+                    n_negatives,
+                    margin,
+                    rule,
+                    epsilon,
+                    bucket_max,
+                    grad,
+                    values,
                 )
             else:
+                k = 0
                 for p in same:  # try all positives for the anchor
                     if a == p:
                         continue  # positive cannot be the same as the anchor
@@ -270,15 +301,18 @@ def _every_triplet_loops(with_sorted_search):
                     )
                     total, counted = total + t, counted + c
                     active, farther = active + act, farther + far
+                    if want_pairs:
+                        values[k] = t
                     if want_grad:
                         grad[p] += passing
+                    k += 1
                 if want_grad and same.shape[0] > 1:
                     for n in range(N):
                         if labels[n] != labels[a]:
                             grad[n] -= passing_positives(
                                 distances, same, a, n, margin, rule, epsilon
                             )
-            totals[a, 0], totals[a, 1], totals[a, 2], totals[a, 3] = total, counted, active, farther
+            totals[i, 0], totals[i, 1], totals[i, 2], totals[i, 3] = total, counted, active, farther
             if want_grad:
                 _to_pre_distance_gradient(distances, grad, metric)
 
@@ -289,27 +323,28 @@ _SEMIHARD_LOOPS = {False: _semihard_loops(False), True: _semihard_loops(True)}
 _EVERY_TRIPLET_LOOPS = {False: _every_triplet_loops(False), True: _every_triplet_loops(True)}
 
 
-def _sparse_backward(W, y, self_weight):
-    """h_i = sum_j (W_ij + W_ji) (self_weight * y_i - y_j), paying O(D) only for nonzero W_ij.
-    Rows first (one thread per row), then columns (one thread per tile of 64 columns), so each h_i
-    is summed in a fixed order whatever the thread count."""
-    B, D = y.shape
-    h = np.zeros_like(y)
-    for i in prange(B):
-        for j in range(B):
+def _sparse_backward(W, y, anchors, self_weight, h):
+    """h_a += sum_j W_ij (s y_a - y_j) for a = anchors[i], and h_j += sum_i W_ij (s y_j - y_a),
+    s = self_weight, paying O(D) only for nonzero W_ij: the gradient's share of the block's rows
+    W of dS/dP. Rows first (one thread per row), then columns (one thread per tile of 64
+    columns), so each h_j is summed in a fixed order whatever the thread count."""
+    D = y.shape[1]
+    for i in prange(anchors.shape[0]):
+        a = anchors[i]
+        for j in range(W.shape[1]):
             w = W[i, j]
             if w != 0:
                 for d in range(D):
-                    h[i, d] += w * (self_weight * y[i, d] - y[j, d])
+                    h[a, d] += w * (self_weight * y[a, d] - y[j, d])
     tile = 64
-    for t in prange((B + tile - 1) // tile):
-        for a in range(B):
-            for i in range(t * tile, min(B, t * tile + tile)):
-                w = W[a, i]
+    for t in prange((W.shape[1] + tile - 1) // tile):
+        for i in range(anchors.shape[0]):
+            a = anchors[i]
+            for j in range(t * tile, min(W.shape[1], t * tile + tile)):
+                w = W[i, j]
                 if w != 0:
                     for d in range(D):
-                        h[i, d] += w * (self_weight * y[i, d] - y[a, d])
-    return h
+                        h[j, d] += w * (self_weight * y[j, d] - y[a, d])
 
 
 _SPARSE_BACKWARD = _serial_and_parallel(_sparse_backward)
@@ -359,29 +394,35 @@ def order_keys(D):
     return np.where(bits & sign, ~bits, bits | sign)
 
 
-def _distance_rows(batch, integer_keys=True):
-    """(G, keys, key_range, sq, y): the matrix `_anchor_loop` turns into distances, y being x or
-    its normalised rows for "angular" (G = y @ y.T), or a callable metric's matrix; its keys."""
-    x = batch.x
-    metric = code(batch.metric)
-    sq = squared_norms(x, check=metric != ANGULAR and metric != PRECOMPUTED)
-    if metric == PRECOMPUTED:
-        y, G = x, check_distance_matrix(batch.metric(x), x.shape[0], x.dtype)
-    else:
-        y = l2_normalize(x) if metric == ANGULAR else x
-        G = gram(y)
-    if not integer_keys:  # the plain float loop, for the benchmark's comparison
-        return G, G, (G.dtype.type(np.inf), G.dtype.type(-np.inf)), sq, y
-    keys = order_keys(G) if metric == PRECOMPUTED else G.view(_KEY_DTYPES[G.dtype])
-    return G, keys, (keys.dtype.type(np.iinfo(keys.dtype).max), keys.dtype.type(0)), sq, y
-
-
 _KEY_DTYPES = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
 
 
+class _Embeddings:
+    """What every block needs of the embeddings: the squared norms sq, the rows y the Gram matrix
+    is made of (x, or its normalised rows for "angular"), or a callable metric's matrix."""
+
+    def __init__(self, batch):
+        x = batch.x
+        self.metric = code(batch.metric)
+        self.sq = squared_norms(x, check=self.metric not in (ANGULAR, PRECOMPUTED))
+        self.y = l2_normalize(x) if self.metric == ANGULAR else x
+        self.matrix = None
+        if self.metric == PRECOMPUTED:
+            self.matrix = check_distance_matrix(batch.metric(x), x.shape[0], x.dtype)
+
+    def rows(self, block, integer_keys):
+        """(G, keys, key_range): the block's rows of the Gram matrix (a private copy of the
+        callable's), and their distances as order keys once `_to_distances` has run."""
+        G = self.matrix[block] if self.matrix is not None else gram_rows(self.y, block)
+        if not integer_keys:  # the plain float loop, for the benchmark's comparison
+            return G, G, (G.dtype.type(np.inf), G.dtype.type(-np.inf))
+        keys = order_keys(G) if self.matrix is not None else G.view(_KEY_DTYPES[G.dtype])
+        return G, keys, (keys.dtype.type(np.iinfo(keys.dtype).max), keys.dtype.type(0))
+
+
 class MinedPairs(NamedTuple):
-    """Where `_semihard_loop` writes one entry per pair (a, p) when `want`: at pair_offset[a] + k
-    for a's k-th positive. Without `want`, empty arrays of the same types (one compiled kernel)."""
+    """Where `_semihard_loop` writes one entry per pair (a, p) when `want`: at pair_offset[i] + k
+    for the k-th positive of anchors[i]. Without `want`, empty arrays of the same types."""
 
     want: bool
     pair_offset: np.ndarray
@@ -403,82 +444,158 @@ def _mined_pairs(batch, classes, want):
     )
 
 
-def _run(batch, rule, classes, rows, search, want_grad, mined):
-    """Run the rule's kernel: totals (B, 4) float64, one row per anchor."""
-    G, keys, key_range, sq, _ = rows
+def _run_block(batch, rule, classes, embeddings, block, G, keys, key_range, options, out):
+    """Run the rule's kernel on one block of anchors (`out` holds the block's slices)."""
     B = batch.size
-    totals = np.zeros((B, 4))
-    metric, margin = code(batch.metric), batch.x.dtype.type(batch.margin)
-    anchor_classes = (classes.members, classes.start)
+    metric, margin = embeddings.metric, batch.x.dtype.type(batch.margin)
+    members = (classes.members, classes.start)
+    search = (options["sorted_search_min_positives"], options["bucket_max"])
     with_sorted_search = bool((classes.counts[classes.counts < B] > search[0]).any())
     if rule.name == SEMIHARD:
         kernel = _pick(_SEMIHARD_LOOPS[with_sorted_search], B)
         kernel(
             batch.codes,
-            anchor_classes,
+            members,
+            block,
             G,
             keys,
             key_range,
-            sq,
+            embeddings.sq,
             metric,
             margin,
             search,
-            want_grad,
-            mined,
-            totals,
+            out.want_grad,
+            out.mined,
+            out.totals,
         )
     elif rule.name == HARD:
         kernel = _pick(_HARD_LOOP, B)
-        kernel(batch.codes, anchor_classes, G, sq, metric, margin, rule.soft, want_grad, totals)
+        kernel(
+            batch.codes,
+            members,
+            block,
+            G,
+            embeddings.sq,
+            metric,
+            margin,
+            rule.soft,
+            out.want_grad,
+            out.totals,
+        )
     else:
         kernel = _pick(_EVERY_TRIPLET_LOOPS[with_sorted_search], B)
         kernel(
-            batch.codes, anchor_classes, G, sq, metric, margin, rule.code, search, want_grad, totals
+            batch.codes,
+            (*members, classes.position),
+            block,
+            G,
+            embeddings.sq,
+            metric,
+            margin,
+            rule.code,
+            search,
+            out.want_grad,
+            out.pairs,
+            out.totals,
         )
-    return totals
 
 
-def evaluate(
-    batch,
-    rule,
-    want_grad,
+class _BlockOutputs(NamedTuple):
+    want_grad: bool
+    totals: np.ndarray
+    mined: MinedPairs
+    pairs: tuple
+
+
+def _slice(mined, start, stop):
+    """`MinedPairs` for anchors start .. stop - 1: their offsets (the arrays stay whole)."""
+    return mined._replace(pair_offset=mined.pair_offset[start : stop + 1])
+
+
+SPEED_UPS = dict(
     sorted_search_min_positives=SORTED_SEARCH_MIN_POSITIVES,
     bucket_max=BUCKET_MAX,
     integer_keys=True,
     sparse_backward_max_density=SPARSE_BACKWARD_MAX_DENSITY,
-):
-    """(loss, TripletStats, gradient or None) of `rule` (a `_rules.Rule`) on the batch. The
-    keyword arguments switch the kernel's speed-ups, for the tests and the benchmark."""
-    classes = class_tables(batch.codes)
-    rows = _distance_rows(batch, integer_keys and rule.name == SEMIHARD)
-    search = (sorted_search_min_positives, bucket_max)
-    totals = _run(
-        batch, rule, classes, rows, search, want_grad, _mined_pairs(batch, classes, False)
-    )
+    rows_per_block=None,
+)
+
+
+def evaluate(batch, rule, want_grad, reduction="mean", **speed_ups):
+    """(loss, TripletStats, gradient or None) of `rule` (a `_rules.Rule`) on the batch's anchors;
+    with reduction "none", the loss per pair (per anchor for "hard") instead. `speed_ups`
+    (`SPEED_UPS`) switch the kernel's speed-ups and set the block, for the tests and the
+    benchmark."""
+    options = {**SPEED_UPS, **speed_ups}
+    classes = class_tables(batch.codes, batch.anchors)
+    anchors, B = batch.anchors, batch.size
+    embeddings = _Embeddings(batch)
+    integer_keys = options["integer_keys"] and rule.name == SEMIHARD
+    rows = options["rows_per_block"] or block_rows(B, batch.x.dtype.itemsize)
+    want_values = reduction == "none" and rule.name != HARD
+    totals = np.zeros((anchors.shape[0], 4))
+    mined = _mined_pairs(batch, classes, want_values and rule.name == SEMIHARD)
+    values = np.zeros(classes.n_pairs if want_values else 0, dtype=batch.x.dtype)
+    h = np.zeros_like(embeddings.y) if want_grad else None
+    whole = anchors.shape[0] == B and rows >= B  # every anchor, in one block: W is square
+    for start in range(0, anchors.shape[0], rows):
+        stop = min(start + rows, anchors.shape[0])
+        block = anchors[start:stop]
+        G, keys, key_range = embeddings.rows(block, integer_keys)
+        pairs = (want_values, classes.pair_offset[start : stop + 1], values)
+        out = _BlockOutputs(want_grad, totals[start:stop], _slice(mined, start, stop), pairs)
+        _run_block(batch, rule, classes, embeddings, block, G, keys, key_range, options, out)
+        if want_grad:  # G holds the block's rows of dS/dP
+            _accumulate_backward(h, G, embeddings, block, rule, classes, whole, options)
     total, denominator, active, semihard = totals.sum(axis=0)
     stats = TripletStats(classes.n_pairs, int(denominator), int(active), int(semihard))
-    scale = rule.scale(stats.denominator)
+    if reduction == "none":  # per pair, or per anchor for "hard"
+        per_item = {SEMIHARD: mined.loss, HARD: totals[:, 0].astype(batch.x.dtype)}
+        return per_item.get(rule.name, values), stats, None
+    scale = rule.scale(stats.denominator, reduction)
     if not want_grad:
         return total * scale, stats, None
-    # G now holds dS/dP. With the one negative per pair of "semihard" and "hard" it has a few
-    # nonzeros per row: walk them. The other rules fill it: one BLAS product is cheaper.
-    G, _, _, _, y = rows
-    B = batch.size
-    nonzeros = {SEMIHARD: 2 * classes.n_pairs, HARD: 2 * B}.get(rule.name, B * B)
-    angular = code(batch.metric) == ANGULAR
-    if nonzeros * sparse_backward_max_density < B * B:
-        h = _pick(_SPARSE_BACKWARD, B)(G, y, 0.0 if angular else 1.0)
-        grad = normalize_backward(batch.x, -h) if angular else 2 * h
-    else:
-        _pick(_SYMMETRIZE, B)(G)  # S = dS/dP + its transpose: one product with S instead of two
-        grad = symmetric_pre_distance_backward(batch.x, G, batch.metric)
+    if embeddings.metric == ANGULAR:  # h is -dS/dn: through the normalisation
+        grad = normalize_backward(batch.x, -h)
+    else:  # d2_ij = |x_i|^2 + |x_j|^2 - 2 x_i.x_j: dd2_ij/dx_i = 2 (x_i - x_j)
+        grad = 2 * h
     return total * scale, stats, grad * grad.dtype.type(scale)
 
 
-def mine(batch, sorted_search_min_positives=SORTED_SEARCH_MIN_POSITIVES):
-    classes = class_tables(batch.codes)
-    rows = _distance_rows(batch)
+def _accumulate_backward(h, W, embeddings, block, rule, classes, whole, options):
+    """h += the gradient's share of the block's rows W of dS/dP: h_a += sum_j W_aj (s y_a - y_j)
+    over the block's anchors a, and h_j += sum_a W_aj (s y_j - y_a) over all j; then dS/dx is
+    2 h for the squared distances P (s = 1), and -h through the normalisation for the cosine of
+    "angular" (s = 0). With the one negative per pair of "semihard" and "hard", W has a few
+    nonzeros per row: walk them. The other rules fill it: BLAS products are cheaper, and with
+    every anchor in one block W + W.T needs one product instead of two."""
+    y = embeddings.y
+    B = y.shape[0]
+    self_weight = 0.0 if embeddings.metric == ANGULAR else 1.0
+    nonzeros = {SEMIHARD: 2 * classes.n_pairs, HARD: 2 * B}.get(rule.name, B * B)
+    if nonzeros * options["sparse_backward_max_density"] < B * B:
+        _pick(_SPARSE_BACKWARD, B)(W, y, block, self_weight, h)
+    elif whole:
+        _pick(_SYMMETRIZE, B)(W)  # S = W + W.T
+        h += self_weight * W.sum(axis=1)[:, None] * y - W @ y
+    else:
+        h[block] += self_weight * W.sum(axis=1)[:, None] * y[block] - W @ y
+        h += self_weight * W.sum(axis=0)[:, None] * y - W.T @ y[block]
+
+
+def mine(batch, **speed_ups):
+    options = {**SPEED_UPS, **speed_ups}
+    classes = class_tables(batch.codes, batch.anchors)
+    embeddings = _Embeddings(batch)
     mined = _mined_pairs(batch, classes, True)
-    search = (sorted_search_min_positives, BUCKET_MAX)
-    _run(batch, Rule(SEMIHARD), classes, rows, search, False, mined)
+    rows = options["rows_per_block"] or block_rows(batch.size, batch.x.dtype.itemsize)
+    totals = np.zeros((batch.anchors.shape[0], 4))
+    for start in range(0, batch.anchors.shape[0], rows):
+        stop = min(start + rows, batch.anchors.shape[0])
+        block = batch.anchors[start:stop]
+        G, keys, key_range = embeddings.rows(block, True)
+        out = _BlockOutputs(False, totals[start:stop], _slice(mined, start, stop), None)
+        _run_block(
+            batch, Rule(SEMIHARD), classes, embeddings, block, G, keys, key_range, options, out
+        )
     return MiningResult(mined.anchor, mined.positive, mined.negative, mined.semihard, mined.loss)

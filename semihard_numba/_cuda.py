@@ -37,10 +37,11 @@ from numba import cuda
 from . import _cuda_kernels as kernels
 from ._classes import class_tables
 from ._device import INSTALL_HINT, is_device_array, simulator_enabled
-from ._distances import check_squared_norms
+from ._distances import block_rows, check_squared_norms
 from ._inputs import (
     NONFINITE_DISTANCES,
     Batch,
+    check_anchors,
     check_distance_matrix,
     check_distance_matrix_type,
     check_embedding_shape,
@@ -149,7 +150,7 @@ def _nonfinite_rows(x):
     return np.flatnonzero(bad.copy_to_host())
 
 
-def device_batch(labels, embeddings, margin, distance_metric, check_finite=True):
+def device_batch(labels, embeddings, margin, distance_metric, check_finite=True, anchors=None):
     """Validate device-array embeddings; the Batch holds a C-contiguous device array in the compute
     dtype: the caller's own memory when it already is one, else a converted device copy."""
     codes = label_codes(to_host(labels) if is_device_array(labels) else labels)
@@ -165,7 +166,12 @@ def device_batch(labels, embeddings, margin, distance_metric, check_finite=True)
         if rows.size:
             raise nonfinite_rows_error(rows)
     return Batch(
-        codes, x, output_dtype(raw.dtype), check_margin(margin), check_metric(distance_metric)
+        codes,
+        x,
+        output_dtype(raw.dtype),
+        check_margin(margin),
+        check_metric(distance_metric),
+        check_anchors(anchors, x.shape[0]),
     )
 
 
@@ -196,9 +202,10 @@ def _callable_distances(metric, x):
     return D
 
 
-class _Distances:
-    """TFA's distance matrix D on the device, and what the gradient needs of its making: the
-    squared norms sq and, for "angular", the normalised rows and their inverse norms."""
+class _Embeddings:
+    """What every block needs of the embeddings, on the device: the squared norms sq, the rows y
+    the Gram matrix is made of (x, or its normalised rows and their inverse norms for "angular"),
+    or a callable metric's matrix."""
 
     def __init__(self, batch, x):
         B = x.shape[0]
@@ -209,8 +216,9 @@ class _Distances:
         # unused placeholders of the same dimensions otherwise, so row_norms compiles once
         self.normalized = cuda.device_array(x.shape if angular else (1, 1), dtype=dtype)
         self.inv_norm = cuda.device_array(B if angular else 1, dtype=dtype)
+        self.matrix = None
         if self.metric == PRECOMPUTED:
-            self.D = _callable_distances(batch.metric, x)
+            self.matrix = _callable_distances(batch.metric, x)
             return
         row_norms = kernels.elementwise_kernels(dtype.str)[0]
         grid, block = _grid_1d(B)
@@ -218,16 +226,32 @@ class _Distances:
         if not angular:
             check_squared_norms(self.sq.copy_to_host())
         self.y = self.normalized if angular else x
-        self.D = cuda.device_array((B, B), dtype=dtype)
-        _matmul(self.y, self.y, self.sq, self.metric, self.D, gram=True)
+
+    def rows(self, block):
+        """The block's rows of TFA's distance matrix (block: device indices of its anchors)."""
+        source = self.matrix if self.matrix is not None else self.y
+        D = cuda.device_array((block.shape[0], source.shape[0]), dtype=source.dtype)
+        if self.matrix is not None:
+            return _take_rows(self.matrix, block, D)
+        _matmul(kernels.GRAM, self.y, self.y, block, self.sq, self.metric, D)
+        return D
 
 
-def _matmul(A, Bm, sq, metric, out, gram):
+def _take_rows(src, rows, out):
+    grid, block = _grid_2d(*out.shape)
+    kernels.take_rows_kernel[grid, block](src, rows, out)
+    return out
+
+
+def _matmul(mode, A, Bm, rows, sq, metric, out):
     bm = TILE * REG
-    kernel = kernels.matmul_kernel(np.dtype(out.dtype).str, TILE, REG, gram)
-    rows, cols = out.shape
-    grid = (max(1, min(-(-cols // bm), MAX_BLOCKS)), max(1, min(-(-rows // bm), MAX_BLOCKS)))
-    kernel[grid, (TILE, TILE)](A, Bm, sq, metric, out)
+    kernel = kernels.matmul_kernel(np.dtype(out.dtype).str, TILE, REG, mode)
+    n_rows, n_columns = out.shape
+    grid = (
+        max(1, min(-(-n_columns // bm), MAX_BLOCKS)),
+        max(1, min(-(-n_rows // bm), MAX_BLOCKS)),
+    )
+    kernel[grid, (TILE, TILE)](A, Bm, rows, sq, metric, out)
 
 
 def _device_classes(batch, classes):
@@ -250,61 +274,121 @@ def _mined_pairs(n, dtype):
     return (*int64, cuda.device_array(n, dtype=np.bool_), cuda.device_array(n, dtype=dtype))
 
 
-def _run(batch, rule, distances, classes, want_grad, mined=None):
-    """Launch the rule's kernel; the (B, 4) per-anchor totals stay on the device."""
-    D = distances.D
-    B = D.shape[0]
-    dtype = np.dtype(D.dtype)
-    totals = cuda.device_array((B, 4), dtype=np.float64)
-    args = (D, _device_classes(batch, classes), dtype.type(batch.margin), distances.metric, totals)
-    launch = (max(1, min(B, MAX_BLOCKS)), THREADS)
-    pairs = max(classes.n_pairs, 1) if want_grad else 1
-    if rule.name == SEMIHARD:
-        kernel = kernels.semihard_kernel(dtype.str, THREADS, mined is not None, want_grad)
-        chosen = (cuda.device_array(pairs, dtype=dtype), cuda.device_array(pairs, dtype=np.int64))
-        kernel[launch](*args, mined or _mined_pairs(1, dtype), chosen)
-    elif rule.name == HARD:
-        kernels.hard_kernel(dtype.str, THREADS, rule.soft, want_grad)[launch](*args)
-    else:
-        kernel = kernels.every_triplet_kernel(dtype.str, THREADS, rule.code, want_grad)
-        kernel[launch](*args, cuda.device_array(pairs, dtype=np.int64))
-    return totals
+class _Outputs:
+    """Where the kernels write, for all the anchors: per anchor totals (A, 4), the pairs' values
+    (reduction "none"), the mined pairs, and h for the gradient."""
+
+    def __init__(self, rule, classes, y_shape, dtype, want_grad, reduction, want_mine):
+        n_anchors = classes.pair_offset.shape[0] - 1
+        self.totals = cuda.device_array((max(n_anchors, 1), 4), dtype=np.float64)
+        pairs = max(classes.n_pairs, 1)
+        self.want_values = reduction == "none" and rule.name not in (SEMIHARD, HARD)
+        self.values = cuda.device_array(pairs if self.want_values else 1, dtype=dtype)
+        self.want_mine = want_mine or (reduction == "none" and rule.name == SEMIHARD)
+        self.mined = _mined_pairs(classes.n_pairs if self.want_mine else 1, dtype)
+        self.passing = cuda.device_array(pairs if want_grad else 1, dtype=np.int64)
+        self.chosen = (cuda.device_array(pairs if want_grad else 1, dtype=dtype), self.passing)
+        self.h = cuda.to_device(np.zeros(y_shape, dtype=dtype)) if want_grad else None
 
 
-def evaluate(batch, rule, want_grad):
+def _run(batch, rule, embeddings, classes, want_grad, outputs):
+    """Every block of anchors through the rule's kernel (and its share of the gradient)."""
+    anchors, B = batch.anchors, batch.size
+    dtype = np.dtype(embeddings.sq.dtype)
+    rows = block_rows(B, dtype.itemsize)
+    codes, members, start, position, pair_offset = _device_classes(batch, classes)
+    whole = anchors.shape[0] == B and rows >= B  # every anchor, in one block: W is square
+    for first in range(0, anchors.shape[0], rows):
+        last = min(first + rows, anchors.shape[0])
+        block = cuda.to_device(anchors[first:last])
+        D = embeddings.rows(block)
+        block_classes = (codes, members, start, position, pair_offset[first : last + 1])
+        args = (D, block, block_classes, dtype.type(batch.margin), embeddings.metric)
+        totals = outputs.totals[first:last]
+        launch = (max(1, min(last - first, MAX_BLOCKS)), THREADS)
+        if rule.name == SEMIHARD:
+            kernel = kernels.semihard_kernel(dtype.str, THREADS, outputs.want_mine, want_grad)
+            kernel[launch](*args, totals, outputs.mined, outputs.chosen)
+        elif rule.name == HARD:
+            kernels.hard_kernel(dtype.str, THREADS, rule.soft, want_grad)[launch](*args, totals)
+        else:
+            kernel = kernels.every_triplet_kernel(
+                dtype.str, THREADS, rule.code, want_grad, outputs.want_values
+            )
+            kernel[launch](*args, totals, (outputs.passing, outputs.values))
+        if want_grad:  # D holds the block's rows of dS/dP
+            _accumulate_backward(outputs.h, D, embeddings, block, whole)
+
+
+def _accumulate_backward(h, W, embeddings, block, whole):
+    """h += the gradient's share of the block's rows W of dS/dP (`_cpu._accumulate_backward`):
+    two tiled products, or one after W + W.T when every anchor is in one block."""
+    dtype = np.dtype(W.dtype)
+    sums, accumulate_rows, accumulate_all, _ = kernels.backward_kernels(dtype.str)
+    y = embeddings.y
+    self_weight = dtype.type(0 if embeddings.metric == ANGULAR else 1)
+    if whole:
+        grid, threads = _grid_2d(*W.shape)
+        kernels.elementwise_kernels(dtype.str)[1][grid, threads](W)  # W + W.T
+    by_row = cuda.device_array(W.shape[0], dtype=np.float64)
+    by_column = cuda.device_array(W.shape[1], dtype=np.float64)
+    sums[_grid_1d(max(W.shape))](W, by_row, by_column)
+    WY = cuda.device_array((W.shape[0], y.shape[1]), dtype=dtype)
+    _matmul(kernels.PRODUCT, W, y, block, embeddings.sq, embeddings.metric, WY)
+    if whole:  # S = W + W.T is symmetric: its row sums are its column sums
+        accumulate_all[_grid_1d(h.shape[0])](h, y, by_row, WY, self_weight)
+        return
+    accumulate_rows[_grid_1d(W.shape[0])](h, block, y, by_row, WY, self_weight)
+    block_y = _take_rows(y, block, cuda.device_array((W.shape[0], y.shape[1]), dtype=dtype))
+    WtY = cuda.device_array(y.shape, dtype=dtype)
+    _matmul(kernels.TRANSPOSED_PRODUCT, W, block_y, block, embeddings.sq, embeddings.metric, WtY)
+    accumulate_all[_grid_1d(h.shape[0])](h, y, by_column, WtY, self_weight)
+
+
+def _sums(outputs, n_anchors):
+    sums = cuda.device_array(4, dtype=np.float64)
+    kernels.totals_kernel(THREADS)[1, THREADS](outputs.totals[: max(n_anchors, 1)], sums)
+    return sums.copy_to_host() if n_anchors else np.zeros(4)
+
+
+def evaluate(batch, rule, want_grad, reduction="mean"):
     """(loss, TripletStats, gradient or None): the gradient is a NumPy array in the compute dtype
-    for host input (the API casts it), a device array in the output dtype for device input."""
-    classes = class_tables(batch.codes)
+    for host input (the API casts it), a device array in the output dtype for device input.
+    With reduction "none", the values per pair (per anchor for "hard") instead of the loss."""
+    classes = class_tables(batch.codes, batch.anchors)
     x = _device_x(batch)
     dtype = np.dtype(x.dtype)
-    distances = _Distances(batch, x)
-    totals = _run(batch, rule, distances, classes, want_grad)
-    sums = cuda.device_array(4, dtype=np.float64)
-    kernels.totals_kernel(THREADS)[1, THREADS](totals, sums)
-    total, denominator, active, semihard = sums.copy_to_host()
+    embeddings = _Embeddings(batch, x)
+    outputs = _Outputs(rule, classes, x.shape, dtype, want_grad, reduction, False)
+    _run(batch, rule, embeddings, classes, want_grad, outputs)
+    n_anchors = batch.anchors.shape[0]
+    total, denominator, active, semihard = _sums(outputs, n_anchors)
     stats = TripletStats(classes.n_pairs, int(denominator), int(active), int(semihard))
-    scale = rule.scale(stats.denominator)
+    if reduction == "none":  # per pair, or per anchor for "hard"
+        if rule.name == SEMIHARD:
+            values = outputs.mined[4][: classes.n_pairs]
+        elif rule.name == HARD:
+            values = outputs.totals[:n_anchors]  # copied to the host below: its column 0
+        else:
+            values = outputs.values[: classes.n_pairs]
+        values = values.copy_to_host()
+        values = values[:, 0].astype(dtype) if rule.name == HARD else values
+        return (values if _on_host(batch) else cuda.to_device(values)), stats, None
+    scale = rule.scale(stats.denominator, reduction)
     if not want_grad:
         return total * scale, stats, None
-    _, symmetrize, finish_squared, finish_angular = kernels.elementwise_kernels(dtype.str)
-    B = x.shape[0]
-    D = distances.D
-    grid, block = _grid_2d(B, B)
-    symmetrize[grid, block](D, dtype.type(scale))  # D now holds S = (dS/dP + its transpose) * scale
-    SY = cuda.device_array(x.shape, dtype=dtype)
-    _matmul(D, distances.y, distances.sq, distances.metric, SY, gram=False)
+    finish = kernels.backward_kernels(dtype.str)[3]
     grad = cuda.device_array(x.shape, dtype=dtype)
-    if distances.metric == ANGULAR:
-        grid, block = _grid_1d(B)
-        finish_angular[grid, block](
-            distances.normalized, distances.sq, distances.inv_norm, SY, grad
-        )
-    else:
-        rowsum = cuda.device_array(B, dtype=dtype)
-        rowsum_kernel = kernels.rowsum_kernel(dtype.str, THREADS)
-        rowsum_kernel[max(1, min(B, MAX_BLOCKS)), THREADS](D, rowsum)
-        grid, block = _grid_2d(*x.shape)
-        finish_squared[grid, block](x, rowsum, SY, grad)
+    angular = embeddings.metric == ANGULAR
+    finish[_grid_1d(x.shape[0])](
+        outputs.h,
+        dtype.type(scale),
+        angular,
+        embeddings.normalized,
+        embeddings.sq,
+        embeddings.inv_norm,
+        grad,
+    )
     if _on_host(batch):
         return total * scale, stats, grad.copy_to_host()
     if np.dtype(batch.out_dtype) != dtype:
@@ -314,15 +398,15 @@ def evaluate(batch, rule, want_grad):
 
 def mine(batch):
     """MiningResult of device arrays for device input, of NumPy arrays for host input."""
-    classes = class_tables(batch.codes)
+    classes = class_tables(batch.codes, batch.anchors)
     dtype = np.dtype(batch.x.dtype)
     if classes.n_pairs == 0:
         empty = MiningResult.from_rows([], dtype)
         return empty if _on_host(batch) else MiningResult(*map(cuda.to_device, _fields(empty)))
-    distances = _Distances(batch, _device_x(batch))
-    mined = _mined_pairs(classes.n_pairs, dtype)
-    _run(batch, Rule(SEMIHARD), distances, classes, False, mined)
-    result = MiningResult(*mined)
+    x = _device_x(batch)
+    outputs = _Outputs(Rule(SEMIHARD), classes, x.shape, dtype, False, "mean", True)
+    _run(batch, Rule(SEMIHARD), _Embeddings(batch, x), classes, False, outputs)
+    result = MiningResult(*(a[: classes.n_pairs] for a in outputs.mined))
     if _on_host(batch):
         return MiningResult(*(a.copy_to_host() for a in _fields(result)))
     return result

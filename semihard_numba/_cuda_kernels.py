@@ -65,6 +65,16 @@ def copy_kernel(src, dst):
 
 
 @cuda.jit
+def take_rows_kernel(src, rows, dst):
+    """dst[i] = src[rows[i]]."""
+    j0, i0 = cuda.grid(2)
+    sj, si = cuda.gridsize(2)
+    for i in range(i0, dst.shape[0], si):
+        for j in range(j0, dst.shape[1], sj):
+            dst[i, j] = src[rows[i], j]
+
+
+@cuda.jit
 def nonfinite_rows_kernel(x, bad):
     """bad[i] = 1 where row i holds NaN or inf."""
     for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
@@ -77,7 +87,7 @@ def nonfinite_rows_kernel(x, bad):
 
 @functools.lru_cache(maxsize=None)
 def elementwise_kernels(dtype):
-    """(row_norms, symmetrize, finish_squared, finish_angular) for compute dtype `dtype`."""
+    """(row_norms, symmetrize) for compute dtype `dtype`."""
     nbtype = _nb(dtype)
 
     @cuda.jit
@@ -107,52 +117,33 @@ def elementwise_kernels(dtype):
                     normalized[i, k] = (x[i, k] / scale) * r
 
     @cuda.jit
-    def symmetrize(P, scale):
-        """P <- (P + P^T) * scale, in place (each thread owns the pair (i, j), i <= j)."""
+    def symmetrize(P):
+        """P <- P + P^T, in place (each thread owns the pair (i, j), i <= j)."""
         j0, i0 = cuda.grid(2)
         sj, si = cuda.gridsize(2)
         for i in range(i0, P.shape[0], si):
             for j in range(j0, P.shape[1], sj):
                 if i < j:
-                    s = (P[i, j] + P[j, i]) * scale
+                    s = P[i, j] + P[j, i]
                     P[i, j] = s
                     P[j, i] = s
                 elif i == j:
-                    P[i, i] = (P[i, i] + P[i, i]) * scale
+                    P[i, i] = P[i, i] + P[i, i]
 
-    @cuda.jit
-    def finish_squared(x, rowsum, SX, grad):
-        """grad = 2 (rowsum_i x_i - (S x)_i): the chain rule through d2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j."""
-        two = nbtype(2)
-        j0, i0 = cuda.grid(2)
-        sj, si = cuda.gridsize(2)
-        for i in range(i0, x.shape[0], si):
-            for j in range(j0, x.shape[1], sj):
-                grad[i, j] = two * (rowsum[i] * x[i, j] - SX[i, j])
+    return row_norms, symmetrize
 
-    @cuda.jit
-    def finish_angular(normalized, sq, inv_norm, grad_n, grad):
-        """grad = (grad_n - (grad_n . n) n) r: through n = x r, r = rsqrt(max(|x|^2, eps))."""
-        eps = nbtype(L2_NORMALIZE_EPSILON)
-        zero = nbtype(0)
-        for i in range(cuda.grid(1), grad.shape[0], cuda.gridsize(1)):
-            radial = zero
-            if sq[i] >= eps:
-                for k in range(grad.shape[1]):
-                    radial += grad_n[i, k] * normalized[i, k]
-            r = inv_norm[i]
-            for k in range(grad.shape[1]):
-                grad[i, k] = (grad_n[i, k] - radial * normalized[i, k]) * r
 
-    return row_norms, symmetrize, finish_squared, finish_angular
+GRAM, PRODUCT, TRANSPOSED_PRODUCT = 0, 1, 2  # what `matmul_kernel` computes
 
 
 @functools.lru_cache(maxsize=None)
-def matmul_kernel(dtype, tile, reg, gram):
+def matmul_kernel(dtype, tile, reg, mode):
     """A register-tiled product on blocks of tile x tile threads, each computing reg x reg outputs.
 
-    gram=True: out[i, j] = distance(sum_k A[i, k] A[j, k]) (Bm is A: the Gram matrix x x^T, turned
-    into TFA's distances by `_metrics.distance`). gram=False: out = A @ Bm.
+    kernel(A, Bm, rows, sq, metric, out):
+    - GRAM: out[i, j] = distance(sum_k A[rows[i], k] A[j, k]): the block `rows` of the Gram matrix
+      of A, turned into TFA's distances by `_metrics.distance` (Bm unused);
+    - PRODUCT: out = A @ Bm; TRANSPOSED_PRODUCT: out = A.T @ Bm (rows, sq, metric unused).
     Every entry is summed over k in increasing order, so the Gram matrix is exactly symmetric.
     """
     nbtype = _nb(dtype)
@@ -161,8 +152,8 @@ def matmul_kernel(dtype, tile, reg, gram):
     BM1 = BM + 1  # padded shared rows: no bank conflicts; a compile-time constant
 
     @cuda.jit
-    def kernel(A, Bm, sq, metric, out):
-        sA = cuda.shared.array((T, BM1), nbtype)  # sA[k, m] = A[row0 + m, k0 + k]
+    def kernel(A, Bm, rows, sq, metric, out):
+        sA = cuda.shared.array((T, BM1), nbtype)  # sA[k, m] = the left factor's (row0 + m, k0 + k)
         sB = cuda.shared.array((T, BM1), nbtype)
         acc = cuda.local.array((R, R), nbtype)
         a_reg = cuda.local.array(R, nbtype)
@@ -172,7 +163,7 @@ def matmul_kernel(dtype, tile, reg, gram):
         ty = cuda.threadIdx.y
         M = out.shape[0]
         N = out.shape[1]
-        K = A.shape[1]
+        K = A.shape[0] if mode == TRANSPOSED_PRODUCT else A.shape[1]
         for bi in range(cuda.blockIdx.y, (M + BM - 1) // BM, cuda.gridDim.y):
             for bj in range(cuda.blockIdx.x, (N + BM - 1) // BM, cuda.gridDim.x):
                 row0 = bi * BM
@@ -185,11 +176,16 @@ def matmul_kernel(dtype, tile, reg, gram):
                         m = ty + r * T
                         i = row0 + m
                         k = k0 + tx
-                        sA[tx, m] = A[i, k] if i < M and k < K else zero
-                        if gram:
+                        inside = i < M and k < K
+                        if mode == GRAM:
+                            sA[tx, m] = A[rows[i], k] if inside else zero
                             j = col0 + m
                             sB[tx, m] = A[j, k] if j < N and k < K else zero
                         else:
+                            if mode == PRODUCT:
+                                sA[tx, m] = A[i, k] if inside else zero
+                            else:
+                                sA[tx, m] = A[k, i] if inside else zero
                             kk = k0 + ty
                             j = col0 + tx + r * T
                             sB[ty, tx + r * T] = Bm[kk, j] if kk < K and j < N else zero
@@ -207,8 +203,8 @@ def matmul_kernel(dtype, tile, reg, gram):
                     for c in range(R):
                         j = col0 + tx + c * T
                         if i < M and j < N:
-                            if gram:
-                                out[i, j] = _distance(acc[r, c], sq, i, j, metric)
+                            if mode == GRAM:
+                                out[i, j] = _distance(acc[r, c], sq, rows[i], j, metric)
                             else:
                                 out[i, j] = acc[r, c]
 
@@ -216,15 +212,75 @@ def matmul_kernel(dtype, tile, reg, gram):
 
 
 @functools.lru_cache(maxsize=None)
+def backward_kernels(dtype):
+    """(sums, accumulate_rows, accumulate_all, finish_squared): the block-wise backward.
+
+    With W the block's rows of dS/dP (rows[i] the anchor of row i), h gathers
+    h_a += sum_j W_ij (s y_a - y_j) and h_j += sum_i W_ij (s y_j - y_a), s = 1 for squared
+    distances, 0 for the cosine of "angular" (as `_cpu._accumulate_backward`)."""
+    nbtype = _nb(dtype)
+
+    @cuda.jit
+    def sums(W, by_row, by_column):
+        """by_row[i] = sum_j W[i, j], by_column[j] = sum_i W[i, j], in float64, in order."""
+        for i in range(cuda.grid(1), W.shape[0], cuda.gridsize(1)):
+            acc = 0.0
+            for j in range(W.shape[1]):
+                acc += numba.float64(W[i, j])
+            by_row[i] = acc
+        for j in range(cuda.grid(1), W.shape[1], cuda.gridsize(1)):
+            acc = 0.0
+            for i in range(W.shape[0]):
+                acc += numba.float64(W[i, j])
+            by_column[j] = acc
+
+    @cuda.jit
+    def accumulate_rows(h, rows, y, by_row, WY, self_weight):
+        """h[rows[i]] += s by_row[i] y[rows[i]] - WY[i]: each row of the block owned by a thread."""
+        for i in range(cuda.grid(1), rows.shape[0], cuda.gridsize(1)):
+            a = rows[i]
+            for d in range(h.shape[1]):
+                h[a, d] += self_weight * nbtype(by_row[i]) * y[a, d] - WY[i, d]
+
+    @cuda.jit
+    def accumulate_all(h, y, by_column, WtY, self_weight):
+        """h[j] += s by_column[j] y[j] - WtY[j] for every row j."""
+        for j in range(cuda.grid(1), h.shape[0], cuda.gridsize(1)):
+            for d in range(h.shape[1]):
+                h[j, d] += self_weight * nbtype(by_column[j]) * y[j, d] - WtY[j, d]
+
+    @cuda.jit
+    def finish(h, scale, angular, normalized, sq, inv_norm, grad):
+        """grad = scale * dS/dx from h: 2 h through the squared distances, and for "angular"
+        through n = x r, r = rsqrt(max(|x|^2, eps)): -(h - (h . n) n) r."""
+        eps = nbtype(L2_NORMALIZE_EPSILON)
+        two = nbtype(2)
+        for i in range(cuda.grid(1), grad.shape[0], cuda.gridsize(1)):
+            if angular:
+                radial = nbtype(0)
+                if sq[i] >= eps:
+                    for k in range(grad.shape[1]):
+                        radial += h[i, k] * normalized[i, k]
+                for k in range(grad.shape[1]):
+                    grad[i, k] = -(h[i, k] - radial * normalized[i, k]) * inv_norm[i] * scale
+            else:
+                for k in range(grad.shape[1]):
+                    grad[i, k] = two * h[i, k] * scale
+
+    return sums, accumulate_rows, accumulate_all, finish
+
+
+@functools.lru_cache(maxsize=None)
 def semihard_kernel(dtype, threads, want_mine, want_grad):
     """The post's positive loop, one block of `threads` threads per anchor (grid-stride over
     anchors), each thread taking positives t, t + threads, ... of its anchor.
 
-    kernel(D, classes, margin, metric, totals, mined, chosen):
-    - D: the (B, B) distance matrix; classes = (codes, members, start, position, pair_offset) of
-      `_classes.Classes`;
-    - totals[a] = (sum of a's triplet losses, pairs, active, semihard) in float64, each added in a
-      fixed order;
+    kernel(D, rows, classes, margin, metric, totals, mined, chosen):
+    - D: a block of rows of the distance matrix, row i that of the anchor rows[i];
+      classes = (codes, members, start, position, pair_offset) of `_classes.Classes`, the pairs
+      of the block's anchors starting at pair_offset[i];
+    - totals[i] = (sum of the anchor's triplet losses, pairs, active, semihard) in float64, each
+      added in a fixed order;
     - with want_mine, mined = (anchor, positive, negative, semihard, loss): one entry per pair;
     - with want_grad, chosen = (distance, ties) per pair: the chosen negative's distance and how
       many negatives tie at it (0 for a pair off the hinge); then row a of D is overwritten with
@@ -234,7 +290,7 @@ def semihard_kernel(dtype, threads, want_mine, want_grad):
     T = threads
 
     @cuda.jit
-    def kernel(D, classes, margin, metric, totals, mined, chosen):
+    def kernel(D, rows, classes, margin, metric, totals, mined, chosen):
         s_sum = cuda.shared.array(T, numba.float64)
         s_counts = cuda.shared.array((T, 3), numba.int64)  # active, semihard, on or past hinge
         s_smallest = cuda.shared.array(1, nbtype)  # without negatives: the row's minimum
@@ -243,9 +299,10 @@ def semihard_kernel(dtype, threads, want_mine, want_grad):
         above, below = nbtype(math.inf), nbtype(-math.inf)
         zero = nbtype(0)
         t = cuda.threadIdx.x
-        B = D.shape[0]
-        for a in range(cuda.blockIdx.x, B, cuda.gridDim.x):
-            distances = D[a]
+        B = D.shape[1]
+        for i in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
+            a = rows[i]
+            distances = D[i]
             first = start[codes[a]]
             n_positives = start[codes[a] + 1] - first - 1
             q = position[a]  # a's place among the members of its class
@@ -265,7 +322,7 @@ def semihard_kernel(dtype, threads, want_mine, want_grad):
                 total += numba.float64(hinge)
                 active += l > zero
                 semihard_pairs += semihard
-                pair = pair_offset[a] + k
+                pair = pair_offset[i] + k
                 if want_mine:
                     mined[0][pair] = a
                     mined[1][pair] = p
@@ -291,10 +348,10 @@ def semihard_kernel(dtype, threads, want_mine, want_grad):
                     active += s_counts[u, 0]
                     semihard_pairs += s_counts[u, 1]
                     hinged += s_counts[u, 2]
-                totals[a, 0] = total
-                totals[a, 1] = n_positives
-                totals[a, 2] = active
-                totals[a, 3] = semihard_pairs
+                totals[i, 0] = total
+                totals[i, 1] = n_positives
+                totals[i, 2] = active
+                totals[i, 3] = semihard_pairs
                 s_counts[0, 2] = hinged
                 if n_positives + 1 == B:
                     smallest, ties = _smallest_entry(distances)
@@ -310,18 +367,18 @@ def semihard_kernel(dtype, threads, want_mine, want_grad):
                     g = zero
                     if codes[n] == codes[a] and n != a:
                         qn = position[n]
-                        if chosen[1][pair_offset[a] + (qn if qn < q else qn - 1)] > 0:
+                        if chosen[1][pair_offset[i] + (qn if qn < q else qn - 1)] > 0:
                             g += nbtype(1)
                     if n_positives + 1 == B:
                         if distances[n] == s_smallest[0]:
                             g -= nbtype(n_hinged) / nbtype(s_smallest_ties[0])
                     elif codes[n] != codes[a]:
                         for k in range(n_positives):
-                            pair = pair_offset[a] + k
+                            pair = pair_offset[i] + k
                             ties = chosen[1][pair]
                             if ties > 0 and distances[n] == chosen[0][pair]:
                                 g -= nbtype(1) / nbtype(ties)
-                    D[a, n] = _pre_distance_gradient(g, distances[n], metric, D)
+                    D[i, n] = _pre_distance_gradient(g, distances[n], metric, D)
             cuda.syncthreads()
 
     return kernel
@@ -330,22 +387,24 @@ def semihard_kernel(dtype, threads, want_mine, want_grad):
 @functools.lru_cache(maxsize=None)
 def hard_kernel(dtype, threads, soft, want_grad):
     """TFA's triplet_hard_loss, one block per anchor: thread 0 finds the hardest pair
-    (`_loop.hardest_pair`), then with want_grad each thread overwrites its columns of row a with
-    dS/dP. kernel(D, classes, margin, metric, totals): as `semihard_kernel`'s; totals[a] =
-    (a's loss, 1, active, hardest positive < hardest negative)."""
+    (`_loop.hardest_pair`), then with want_grad each thread overwrites its columns of the
+    anchor's row with dS/dP. kernel(D, rows, classes, margin, metric, totals): as
+    `semihard_kernel`'s; totals[i] = (the loss, 1, active, hardest positive < hardest
+    negative)."""
     nbtype = _nb(dtype)
     T = threads
 
     @cuda.jit
-    def kernel(D, classes, margin, metric, totals):
+    def kernel(D, rows, classes, margin, metric, totals):
         s_pair = cuda.shared.array(4, numba.int64)  # p0, p_ties, n0, n_ties
         s_slope = cuda.shared.array(1, numba.float64)
         codes, members, start, position, pair_offset = classes
         zero = nbtype(0)
         t = cuda.threadIdx.x
-        B = D.shape[0]
-        for a in range(cuda.blockIdx.x, B, cuda.gridDim.x):
-            distances = D[a]
+        B = D.shape[1]
+        for i in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
+            a = rows[i]
+            distances = D[i]
             size = start[codes[a] + 1] - start[codes[a]]
             if t == 0:
                 p0, p_ties, n0, n_ties = _hardest_pair(distances, codes, a)
@@ -358,10 +417,10 @@ def hard_kernel(dtype, threads, soft, want_grad):
                     hinge = z + margin
                     loss = numba.float64(hinge if hinge > zero else zero)
                     slope = 1.0 if hinge >= zero else 0.0  # on the hinge TF's maximum passes
-                totals[a, 0] = loss
-                totals[a, 1] = 1
-                totals[a, 2] = loss > 0
-                totals[a, 3] = z < zero
+                totals[i, 0] = loss
+                totals[i, 1] = 1
+                totals[i, 2] = loss > 0
+                totals[i, 3] = z < zero
                 s_pair[0] = p0
                 s_pair[1] = p_ties
                 s_pair[2] = n0
@@ -380,34 +439,37 @@ def hard_kernel(dtype, threads, soft, want_grad):
                         g += slope / s_pair[1]
                     if negative and distances[n] == hn:
                         g -= slope / s_pair[3]
-                    D[a, n] = _pre_distance_gradient(nbtype(g), distances[n], metric, D)
+                    D[i, n] = _pre_distance_gradient(nbtype(g), distances[n], metric, D)
             cuda.syncthreads()
 
     return kernel
 
 
 @functools.lru_cache(maxsize=None)
-def every_triplet_kernel(dtype, threads, rule, want_grad):
-    """ "batch-all" and "all-semihard" (`_rules.CODES`), one block per anchor, each thread running
+def every_triplet_kernel(dtype, threads, rule, want_grad, want_values):
+    """The rules "batch-all" and "all-semihard" (`_rules.CODES`), one block per anchor, each thread running
     the post's loop over the negatives (`_loop.pair_triplets`) for its share of the positives.
-    kernel(D, classes, margin, metric, totals, passing): as `semihard_kernel`'s; totals[a] = (sum,
-    counted, active, farther); with want_grad, passing[pair] is how many of the pair's triplets
-    pass gradient, and row a of D is overwritten with dS/dP: the negatives' columns first (they
-    read the positives' distances), then the positives'."""
+    kernel(D, rows, classes, margin, metric, totals, pairs): as `semihard_kernel`'s; totals[i] =
+    (sum, counted, active, farther); pairs = (passing, values) per pair: how many of its triplets
+    pass gradient (with want_grad) and the sum of their losses (with want_values). With want_grad
+    the anchor's row of D is overwritten with dS/dP: the negatives' columns first (they read the
+    positives' distances), then the positives'."""
     nbtype = _nb(dtype)
     T = threads
     epsilon = BATCH_ALL_EPSILON if rule == BATCH_ALL_CODE else 0.0
 
     @cuda.jit
-    def kernel(D, classes, margin, metric, totals, passing):
+    def kernel(D, rows, classes, margin, metric, totals, pairs):
         s_sum = cuda.shared.array(T, numba.float64)
         s_counts = cuda.shared.array((T, 3), numba.int64)  # counted, active, farther
         codes, members, start, position, pair_offset = classes
+        passing, values = pairs
         eps = nbtype(epsilon)
         t = cuda.threadIdx.x
-        B = D.shape[0]
-        for a in range(cuda.blockIdx.x, B, cuda.gridDim.x):
-            distances = D[a]
+        B = D.shape[1]
+        for i in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
+            a = rows[i]
+            distances = D[i]
             first = start[codes[a]]
             n_positives = start[codes[a] + 1] - first - 1
             q = position[a]  # a's place among the members of its class
@@ -421,7 +483,9 @@ def every_triplet_kernel(dtype, threads, rule, want_grad):
                 active += triplets[2]
                 farther += triplets[3]
                 if want_grad:
-                    passing[pair_offset[a] + k] = triplets[4]
+                    passing[pair_offset[i] + k] = triplets[4]
+                if want_values:
+                    values[pair_offset[i] + k] = triplets[0]
             s_sum[t] = total
             s_counts[t, 0] = counted
             s_counts[t, 1] = active
@@ -433,23 +497,23 @@ def every_triplet_kernel(dtype, threads, rule, want_grad):
                     counted += s_counts[u, 0]
                     active += s_counts[u, 1]
                     farther += s_counts[u, 2]
-                totals[a, 0] = total
-                totals[a, 1] = counted
-                totals[a, 2] = active
-                totals[a, 3] = farther
+                totals[i, 0] = total
+                totals[i, 1] = counted
+                totals[i, 2] = active
+                totals[i, 3] = farther
             cuda.syncthreads()
             if want_grad:  # +1 at p and -1 at n for every triplet (a, p, n) that passes
                 positives = members[first : first + n_positives + 1]
                 for n in range(t, B, T):
                     if codes[n] != codes[a]:
                         g = -_passing_positives(distances, positives, a, n, margin, rule, eps)
-                        D[a, n] = _pre_distance_gradient(nbtype(g), distances[n], metric, D)
+                        D[i, n] = _pre_distance_gradient(nbtype(g), distances[n], metric, D)
                 cuda.syncthreads()
                 for n in range(t, B, T):
                     if codes[n] == codes[a]:
                         qn = position[n]
-                        g = passing[pair_offset[a] + (qn if qn < q else qn - 1)] if n != a else 0
-                        D[a, n] = _pre_distance_gradient(nbtype(g), distances[n], metric, D)
+                        g = passing[pair_offset[i] + (qn if qn < q else qn - 1)] if n != a else 0
+                        D[i, n] = _pre_distance_gradient(nbtype(g), distances[n], metric, D)
             cuda.syncthreads()
 
     return kernel
@@ -476,30 +540,5 @@ def totals_kernel(threads):
                 for u in range(T):
                     acc += s[u, c]
                 out[c] = acc
-
-    return kernel
-
-
-@functools.lru_cache(maxsize=None)
-def rowsum_kernel(dtype, threads):
-    """out[i] = sum_j S[i, j], accumulated in float64 in a fixed order; one block per row."""
-    nbtype = _nb(dtype)
-    T = threads
-
-    @cuda.jit
-    def kernel(S, out):
-        s = cuda.shared.array(T, numba.float64)
-        t = cuda.threadIdx.x
-        for i in range(cuda.blockIdx.x, S.shape[0], cuda.gridDim.x):
-            acc = 0.0
-            for j in range(t, S.shape[1], T):
-                acc += numba.float64(S[i, j])
-            s[t] = acc
-            cuda.syncthreads()
-            if t == 0:
-                for u in range(1, T):
-                    acc += s[u]
-                out[i] = nbtype(acc)
-            cuda.syncthreads()
 
     return kernel

@@ -104,20 +104,21 @@ def _host(obj):
     return obj
 
 
-def resolve(labels, embeddings, margin, distance_metric, backend, check_finite):
-    """(backend module, Batch) for a call. A backend module has loss(batch), mine(batch) and
-    loss_and_grad(batch)."""
+def resolve(labels, embeddings, margin, distance_metric, backend, check_finite, anchors=None):
+    """(backend module, Batch) for a call. A backend module has evaluate(batch, rule, want_grad,
+    reduction) and mine(batch)."""
     if not isinstance(backend, str) or backend not in BACKEND_NAMES:
         raise ValueError(
             f"unknown backend {backend!r}: use one of {', '.join(map(repr, BACKEND_NAMES))}"
         )
     on_device = is_device_array(embeddings)
+    host = (_host(labels), embeddings, margin, distance_metric, check_finite, _host(anchors))
     if backend == "auto":
         if on_device:
             backend = "cuda"
         else:
             min_batch = cuda_min_batch()
-            batch = host_batch(_host(labels), embeddings, margin, distance_metric, check_finite)
+            batch = host_batch(*host)
             if batch.size >= min_batch and cuda_status()[0]:
                 return _cuda_backend(), batch
             return _cpu, batch
@@ -125,9 +126,7 @@ def resolve(labels, embeddings, margin, distance_metric, backend, check_finite):
         cuda = _cuda_backend()
         if on_device:
             return cuda, cuda.device_batch(
-                labels, embeddings, margin, distance_metric, check_finite
+                labels, embeddings, margin, distance_metric, check_finite, _host(anchors)
             )
-        return cuda, host_batch(_host(labels), embeddings, margin, distance_metric, check_finite)
-    return HOST_BACKENDS[backend], host_batch(
-        _host(labels), _host(embeddings), margin, distance_metric, check_finite
-    )
+        return cuda, host_batch(*host)
+    return HOST_BACKENDS[backend], host_batch(*host[:1], _host(embeddings), *host[2:])

@@ -8,6 +8,8 @@ d2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j for "L2" and "squared-L2", the cosine n_i.n_j
 rows for "angular". Backends hand over dL/dP; `pre_distance_backward` turns it into dL/dx.
 """
 
+import os
+
 import numpy as np
 
 from ._inputs import check_distance_matrix
@@ -72,6 +74,35 @@ def gram(y):
     return y @ (y.copy().T if y.shape[1] <= GRAM_GEMM_MAX_DIM else y.T)
 
 
+BLOCK_BYTES_ENV = "SEMIHARD_NUMBA_BLOCK_BYTES"
+DEFAULT_BLOCK_BYTES = 2**30
+
+
+def block_bytes():
+    """The memory a block of Gram rows may take (SEMIHARD_NUMBA_BLOCK_BYTES, read at each call)."""
+    raw = os.environ.get(BLOCK_BYTES_ENV, "").strip()
+    try:
+        value = int(raw) if raw else DEFAULT_BLOCK_BYTES
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{BLOCK_BYTES_ENV} must be a positive number of bytes, got {raw!r}")
+    return value
+
+
+def block_rows(batch_size, itemsize):
+    """How many anchors a block holds: as many rows of B distances as fit in `block_bytes()`."""
+    return max(1, block_bytes() // (batch_size * itemsize))
+
+
+def gram_rows(y, rows):
+    """(y @ y.T)[rows] for increasing row indices: the whole product by `gram` when `rows` is
+    every row, else the block y[rows] @ y.T (a gemm)."""
+    if rows.shape[0] == y.shape[0]:
+        return gram(y)
+    return y[rows] @ y.T
+
+
 def pairwise_distances(x, metric):
     """The (B, B) distance matrix of TFA's `distance_metric`, in x's dtype.
 
@@ -130,13 +161,18 @@ def distance_backward(x, D, dD, metric):
     return pre_distance_backward(x, dD, metric)
 
 
-def evaluate_dense(batch, rule, want_grad, sum_of):
+def evaluate_dense(batch, rule, want_grad, reduction, sum_of):
     """(loss, TripletStats, gradient or None) for the backends that hold the whole distance
-    matrix: sum_of(labels, D, margin, rule) gives the sum over the rule's triplets, its stats and
-    its gradient with respect to D; `Rule.scale` makes the mean."""
+    matrix: sum_of(labels, D, margin, rule, anchors) gives the sum over the rule's triplets, its
+    stats, its gradient with respect to D and the values of reduction="none" (per pair, or per
+    anchor for "hard"); `Rule.scale` makes the mean."""
     D = pairwise_distances(batch.x, batch.metric)
-    total, stats, dS = sum_of(batch.codes, D, D.dtype.type(batch.margin), rule)
-    scale = rule.scale(stats.denominator)
+    total, stats, dS, values = sum_of(
+        batch.codes, D, D.dtype.type(batch.margin), rule, batch.anchors
+    )
+    if reduction == "none":
+        return np.asarray(values, dtype=np.float64).astype(D.dtype), stats, None
+    scale = rule.scale(stats.denominator, reduction)
     if not want_grad:
         return total * scale, stats, None
     return (

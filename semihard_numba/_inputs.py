@@ -25,6 +25,11 @@ class Batch:
     out_dtype: np.dtype  # dtype of the returned loss and gradient (float16 input -> float16)
     margin: float
     metric: Union[str, Callable]
+    anchors: np.ndarray = None  # (A,) int64, increasing: the rows that act as anchors
+
+    def __post_init__(self):
+        if self.anchors is None:
+            object.__setattr__(self, "anchors", np.arange(self.x.shape[0], dtype=np.int64))
 
     @property
     def size(self):
@@ -121,7 +126,7 @@ def check_finite_embeddings(x):
         raise nonfinite_rows_error(np.unique(np.nonzero(bad)[0]))
 
 
-def host_batch(labels, embeddings, margin, distance_metric, check_finite=True):
+def host_batch(labels, embeddings, margin, distance_metric, check_finite=True, anchors=None):
     """Validate NumPy-compatible input and return a `Batch` of host arrays."""
     codes = label_codes(labels)
     raw = np.asarray(embeddings)
@@ -131,7 +136,12 @@ def host_batch(labels, embeddings, margin, distance_metric, check_finite=True):
     if check_finite:
         check_finite_embeddings(x)
     return Batch(
-        codes, x, output_dtype(raw.dtype), check_margin(margin), check_metric(distance_metric)
+        codes,
+        x,
+        output_dtype(raw.dtype),
+        check_margin(margin),
+        check_metric(distance_metric),
+        check_anchors(anchors, x.shape[0]),
     )
 
 
@@ -157,3 +167,55 @@ def check_distance_matrix(D, batch_size, dtype):
     if not np.isfinite(D).all():
         raise ValueError(NONFINITE_DISTANCES)
     return D
+
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_anchors(anchors, batch_size):
+    """The rows that act as anchors, as increasing int64 indices: None (all rows), a slice,
+    integer indices (negative ones count from the end) or a boolean mask of B entries."""
+    B = batch_size
+    if anchors is None:
+        return np.arange(B, dtype=np.int64)
+    if isinstance(anchors, slice):
+        return np.sort(np.arange(B, dtype=np.int64)[anchors])
+    index = np.asarray(anchors)
+    if index.shape == (0,):  # [] is float64 to NumPy
+        return np.zeros(0, dtype=np.int64)
+    if index.dtype == np.bool_:
+        if index.shape != (B,):
+            raise ValueError(
+                f"a boolean anchors mask needs one entry per row, B = {B}; got shape {index.shape}"
+            )
+        return np.flatnonzero(index).astype(np.int64)
+    if index.dtype.kind not in "iu" or index.ndim > 1:
+        got = f"shape {index.shape}" if index.ndim > 1 else f"dtype {index.dtype}"
+        raise IndexError(
+            "anchors must be None, a slice, integer row indices or a boolean mask of B = "
+            f"{B} entries; got {got}"
+        )
+    index = index.reshape(-1).astype(np.int64)
+    outside = index[(index < -B) | (index >= B)]
+    if outside.size:
+        raise IndexError(f"anchors {outside[:10].tolist()} are out of range for B = {B} rows")
+    index = np.where(index < 0, index + B, index)
+    unique = np.unique(index)
+    if unique.size != index.size:
+        repeated = np.flatnonzero(np.bincount(index, minlength=B) > 1)
+        raise ValueError(f"anchors repeat rows {repeated[:10].tolist()}: each row once")
+    return unique
+
+
+def check_reduction(reduction, allow_none):
+    if reduction not in REDUCTIONS or (reduction == "none" and not allow_none):
+        allowed = REDUCTIONS if allow_none else REDUCTIONS[:2]
+        raise ValueError(
+            f"unknown reduction {reduction!r}: use one of {', '.join(map(repr, allowed))}"
+            + (
+                ""
+                if allow_none
+                else " (the gradient needs a scalar loss; 'none' is for the losses)"
+            )
+        )
+    return reduction

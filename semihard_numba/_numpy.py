@@ -73,10 +73,18 @@ def _semihard_tensors(labels, D, margin):
     return found, loss_mat, mask_positives, outside_ties.reshape(B, B, B), inside_ties
 
 
-def _semihard(labels, D, margin, rule):
+def _selected(anchors, B):
+    """The anchors as a boolean mask over the rows."""
+    selected = np.zeros(B, dtype=bool)
+    selected[anchors] = True
+    return selected
+
+
+def _semihard(labels, D, margin, rule, anchors):
     found, loss_mat, mask_positives, outside_ties, inside_ties = _semihard_tensors(
         labels, D, margin
     )
+    mask_positives &= _selected(anchors, len(labels))[:, None]
     pairs = int(mask_positives.sum())
     losses = loss_mat[mask_positives]
     total = np.maximum(losses, 0).sum(dtype=np.float64)
@@ -92,7 +100,7 @@ def _semihard(labels, D, margin, rule):
     dS -= np.einsum("pa,pan->an", outside_weight.astype(D.dtype), outside_ties.astype(D.dtype))
     inside_weight = np.where(found, 0, weight).sum(axis=1) / inside_ties.sum(axis=1)  # [a]
     dS -= (inside_weight[:, None] * inside_ties).astype(D.dtype)
-    return total, stats, dS
+    return total, stats, dS, np.maximum(losses, 0)
 
 
 def _masked_extreme(D, mask, pick, fallback):
@@ -107,9 +115,10 @@ def _masked_extreme(D, mask, pick, fallback):
     return value, ties
 
 
-def _hard(labels, D, margin, rule):
+def _hard(labels, D, margin, rule, anchors):
     """TFA's triplet_hard_loss: masked maximum over the positives, minimum over the negatives."""
     B = labels.shape[0]
+    selected = _selected(anchors, B)
     adjacency = labels[:, None] == labels[None, :]
     positives = adjacency & ~np.eye(B, dtype=bool)
     hp, hp_ties = _masked_extreme(D, positives, np.max, np.min)
@@ -123,18 +132,24 @@ def _hard(labels, D, margin, rule):
         hinge = z + margin
         losses = np.maximum(hinge, 0).astype(np.float64)
         slope = (hinge >= 0).astype(np.float64)  # on the hinge TF's maximum still passes
-    stats = TripletStats(int(positives.sum()), B, int((losses > 0).sum()), int((hp < hn).sum()))
+    losses, slope = np.where(selected, losses, 0), np.where(selected, slope, 0)
+    stats = TripletStats(
+        int(positives[selected].sum()),
+        len(anchors),
+        int((losses > 0).sum()),
+        int((hp < hn)[selected].sum()),
+    )
     dS = slope[:, None] * (hp_ties / hp_ties.sum(axis=1, keepdims=True))
     dS -= slope[:, None] * (hn_ties / hn_ties.sum(axis=1, keepdims=True))
-    return losses.sum(), stats, dS.astype(D.dtype)
+    return losses.sum(), stats, dS.astype(D.dtype), losses[anchors]
 
 
-def _every_triplet(labels, D, margin, rule):
+def _every_triplet(labels, D, margin, rule, anchors):
     """ "batch-all" and "all-semihard" on the (B, B, B) tensor of every triplet [a, p, n], as
     sentence-transformers' and pytorch-metric-learning's vectorized forms build it."""
     B = labels.shape[0]
     adjacency = labels[:, None] == labels[None, :]
-    positives = adjacency & ~np.eye(B, dtype=bool)
+    positives = adjacency & ~np.eye(B, dtype=bool) & _selected(anchors, B)[:, None]
     valid = positives[:, :, None] & ~adjacency[:, None, :]
     d_ap, d_an = D[:, :, None], D[:, None, :]
     l = (d_ap - d_an) + margin
@@ -145,7 +160,8 @@ def _every_triplet(labels, D, margin, rule):
     else:  # 0 < d_an - d_ap <= margin, then a relu
         kept = valid & (d_an - d_ap > 0) & (d_an - d_ap <= margin)
         counted = passes = l > 0
-    total = np.where(kept & (l > 0), l, 0).sum(dtype=np.float64)
+    losses = np.where(kept & (l > 0), l, 0)
+    total = losses.sum(dtype=np.float64)
     stats = TripletStats(
         int(positives.sum()),
         int((kept & counted).sum()),
@@ -153,20 +169,25 @@ def _every_triplet(labels, D, margin, rule):
         int((valid & (d_ap < d_an)).sum()),
     )
     g = (kept & passes).astype(D.dtype)
-    return total, stats, g.sum(axis=2) - g.sum(axis=1)
+    return (
+        total,
+        stats,
+        g.sum(axis=2) - g.sum(axis=1),
+        losses.sum(axis=2, dtype=np.float64)[positives],
+    )
 
 
 _RULES = {SEMIHARD: _semihard, HARD: _hard, BATCH_ALL: _every_triplet, ALL_SEMIHARD: _every_triplet}
 
 
-def _sum_of(labels, D, margin, rule):
-    return _RULES[rule.name](labels, D, margin, rule)
+def _sum_of(labels, D, margin, rule, anchors):
+    return _RULES[rule.name](labels, D, margin, rule, anchors)
 
 
-def evaluate(batch, rule, want_grad):
+def evaluate(batch, rule, want_grad, reduction="mean"):
     if rule.name != HARD:  # hard needs only (B, B) masks
         _check_memory(batch.size, batch.x.dtype.itemsize)
-    return evaluate_dense(batch, rule, want_grad, _sum_of)
+    return evaluate_dense(batch, rule, want_grad, reduction, _sum_of)
 
 
 def mine(batch):
@@ -176,7 +197,7 @@ def mine(batch):
     found, loss_mat, mask_positives, outside_ties, inside_ties = _semihard_tensors(
         batch.codes, D, margin
     )
-    anchor, positive = np.nonzero(mask_positives)
+    anchor, positive = np.nonzero(mask_positives & _selected(batch.anchors, batch.size)[:, None])
     has_negative = (batch.codes[:, None] != batch.codes[None, :]).any(axis=1)
     first_outside = outside_ties[positive, anchor].argmax(axis=1)
     first_inside = np.where(has_negative, inside_ties.argmax(axis=1), -1)

@@ -57,10 +57,11 @@ def _choose_negative(D, labels, a, p):
     return d_an, (n0 if semihard else n_far), ties, semihard
 
 
-def _triplets(labels, D, margin):
-    """Yield (a, p, negative, ties, triplet loss, semi-hard?) for every ordered positive pair."""
+def _triplets(labels, D, margin, anchors):
+    """Yield (a, p, negative, ties, triplet loss, semi-hard?) for every ordered positive pair of
+    the anchors."""
     N = len(labels)
-    for a in range(N):  # give every embedding in the batch the chance to be an anchor
+    for a in anchors:  # give every embedding in the batch the chance to be an anchor
         for p in range(N):  # try all positives for the anchor
             if a == p:
                 continue  # positive cannot be the same as the anchor
@@ -71,11 +72,12 @@ def _triplets(labels, D, margin):
             yield a, p, n, ties, l, semihard
 
 
-def _semihard(labels, D, margin, soft):
-    total, dS = 0.0, np.zeros_like(D)
+def _semihard(labels, D, margin, soft, anchors):
+    total, dS, losses = 0.0, np.zeros_like(D), []
     pairs = active = semihard_pairs = 0
-    for a, p, _, ties, l, semihard in _triplets(labels, D, margin):
+    for a, p, _, ties, l, semihard in _triplets(labels, D, margin, anchors):
         total += float(l)
+        losses.append(l)
         pairs += 1
         active += l > 0
         semihard_pairs += semihard
@@ -83,7 +85,7 @@ def _semihard(labels, D, margin, soft):
             dS[a, p] += 1
             for n in ties:  # negatives tied at the chosen distance share its gradient equally
                 dS[a, n] -= 1 / len(ties)
-    return total, TripletStats(pairs, pairs, active, semihard_pairs), dS
+    return total, TripletStats(pairs, pairs, active, semihard_pairs), dS, losses
 
 
 def _softplus(z):
@@ -91,12 +93,12 @@ def _softplus(z):
     return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
 
 
-def _hard(labels, D, margin, soft):
+def _hard(labels, D, margin, soft, anchors):
     """TFA's triplet_hard_loss: per anchor, its farthest positive against its nearest negative."""
     N = len(labels)
-    total, dS = 0.0, np.zeros_like(D)
+    total, dS, losses = 0.0, np.zeros_like(D), []
     pairs = active = semihard = 0
-    for a in range(N):
+    for a in anchors:
         positives = [p for p in range(N) if p != a and labels[p] == labels[a]]
         negatives = [n for n in range(N) if labels[n] != labels[a]]
         pairs += len(positives)
@@ -110,6 +112,7 @@ def _hard(labels, D, margin, soft):
             l = float(max(hp - hn + margin, D.dtype.type(0)))
             slope = 1.0 if hp - hn + margin >= 0 else 0.0  # on the hinge TF passes gradient
         total += l
+        losses.append(l)
         active += l > 0
         semihard += hp < hn
         hardest = [p for p in positives if D[a, p] == hp] or [n for n in range(N) if D[a, n] == hp]
@@ -118,22 +121,23 @@ def _hard(labels, D, margin, soft):
             dS[a, p] += slope / len(hardest)
         for n in nearest:
             dS[a, n] -= slope / len(nearest)
-    return total, TripletStats(pairs, N, active, semihard), dS
+    return total, TripletStats(pairs, len(anchors), active, semihard), dS, losses
 
 
-def _every_triplet(labels, D, margin, keep, count, passes):
+def _every_triplet(labels, D, margin, anchors, keep, count, passes):
     """Sum over the triplets (a, p, n) that `keep(d_ap, d_an)` selects of l = (d_ap - d_an) +
     margin where l > 0; the denominator counts those with `count(l)`; dS is the gradient of the
     sum, which PyTorch passes where `passes(l)` (l >= 0 through batch-all's clamp, l > 0 through
-    the relu)."""
+    the relu). Per pair (a, p), the sum of its losses."""
     N = len(labels)
-    total, dS = 0.0, np.zeros_like(D)
+    total, dS, losses = 0.0, np.zeros_like(D), []
     pairs = denominator = active = semihard = 0
-    for a in range(N):
+    for a in anchors:
         for p in range(N):
             if p == a or labels[p] != labels[a]:
                 continue
             pairs += 1
+            losses.append(0.0)
             for n in range(N):
                 if labels[n] == labels[a]:
                     continue
@@ -142,48 +146,50 @@ def _every_triplet(labels, D, margin, keep, count, passes):
                     continue
                 l = (D[a, p] - D[a, n]) + margin
                 total += float(max(l, 0))
+                losses[-1] += float(max(l, 0))
                 denominator += count(l)
                 active += l > 0
                 if passes(l):
                     dS[a, p] += 1
                     dS[a, n] -= 1
-    return total, TripletStats(pairs, denominator, active, semihard), dS
+    return total, TripletStats(pairs, denominator, active, semihard), dS, losses
 
 
 def _any(d_ap, d_an):
     return True
 
 
-def _batch_all(labels, D, margin, soft):
+def _batch_all(labels, D, margin, soft, anchors):
     """sentence-transformers' BatchAllTripletLoss: every triplet, the mean over losses > 1e-16."""
     epsilon = D.dtype.type(BATCH_ALL_EPSILON)
-    return _every_triplet(labels, D, margin, _any, lambda l: l > epsilon, lambda l: l >= 0)
+    return _every_triplet(labels, D, margin, anchors, _any, lambda l: l > epsilon, lambda l: l >= 0)
 
 
-def _all_semihard(labels, D, margin, soft):
+def _all_semihard(labels, D, margin, soft, anchors):
     """pytorch-metric-learning's semi-hard miner and TripletMarginLoss: the triplets with
     0 < d_an - d_ap <= margin (FaceNet's semi-hard triplets), the mean over losses > 0."""
 
     def semihard(d_ap, d_an):
         return 0 < d_an - d_ap <= margin
 
-    return _every_triplet(labels, D, margin, semihard, lambda l: l > 0, lambda l: l > 0)
+    return _every_triplet(labels, D, margin, anchors, semihard, lambda l: l > 0, lambda l: l > 0)
 
 
 _RULES = {SEMIHARD: _semihard, HARD: _hard, BATCH_ALL: _batch_all, ALL_SEMIHARD: _all_semihard}
 
 
-def _sum_of(labels, D, margin, rule):
-    return _RULES[rule.name](labels, D, margin, rule.soft)
+def _sum_of(labels, D, margin, rule, anchors):
+    return _RULES[rule.name](labels, D, margin, rule.soft, anchors)
 
 
-def evaluate(batch, rule, want_grad):
+def evaluate(batch, rule, want_grad, reduction="mean"):
     """(loss, TripletStats, gradient or None) of `rule` (a `_rules.Rule`) on the batch."""
-    return evaluate_dense(batch, rule, want_grad, _sum_of)
+    return evaluate_dense(batch, rule, want_grad, reduction, _sum_of)
 
 
 def mine(batch):
     D = pairwise_distances(batch.x, batch.metric)
     margin = D.dtype.type(batch.margin)
-    rows = [(a, p, n, semihard, l) for a, p, n, _, l, semihard in _triplets(batch.codes, D, margin)]
+    triplets = _triplets(batch.codes, D, margin, batch.anchors)
+    rows = [(a, p, n, semihard, l) for a, p, n, _, l, semihard in triplets]
     return MiningResult.from_rows(rows, D.dtype)

@@ -57,8 +57,11 @@ class Rule:
     def code(self):
         return CODES[self.name]
 
-    def scale(self, denominator):
-        """The factor that turns the sum over the rule's triplets into its mean."""
+    def scale(self, denominator, reduction="mean"):
+        """The factor that turns the sum over the rule's triplets into the loss: 1 for the
+        reductions "sum" and "none", else the rule's mean."""
+        if reduction != "mean":
+            return 1.0
         if self.name == BATCH_ALL:
             return 1.0 / (denominator + BATCH_ALL_EPSILON)
         return 1.0 / denominator if denominator > 0 else 0.0

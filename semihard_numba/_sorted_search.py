@@ -165,11 +165,24 @@ def _run_end(values, d_ap, margin, rule, epsilon, field, start, end):
 
 @jit
 def every_triplet(
-    distances, labels, a, positives, n_negatives, margin, rule, epsilon, bucket_max, grad
+    distances,
+    labels,
+    a,
+    positives,
+    position,
+    n_negatives,
+    margin,
+    rule,
+    epsilon,
+    bucket_max,
+    grad,
+    pair_values,
 ):
     """The second path of "batch-all" and "all-semihard" for anchor a: (total, counted, active,
     farther) as `_loop.pair_triplets` gives them, summed over a's positives. With grad (its length
     is the batch's), adds the gradient of the sum: +1 at p and -1 at n per triplet that passes.
+    With pair_values (one per positive but a), pair_values[k] is the sum of the losses of a's
+    k-th positive (position: `_classes.Classes.position`).
 
     Both a's negatives and its positives are sorted: as D[a, p] grows, each end of p's run of
     triplets only moves right, so one sweep finds them all."""
@@ -206,9 +219,12 @@ def every_triplet(
         counted_end = _run_end(values, d_ap, margin, rule, epsilon, 2, max(counted_end, first), end)
         active += positive_end - first
         counted += counted_end - first
-        total += (positive_end - first) * (np.float64(d_ap) + np.float64(margin)) - (
+        pair_total = (positive_end - first) * (np.float64(d_ap) + np.float64(margin)) - (
             prefix[positive_end] - prefix[first]
         )
+        total += pair_total
+        if pair_values.shape[0] > 0:
+            pair_values[position[p] - (position[p] > position[a])] = pair_total
         if grad.shape[0] > 0:
             passing_end = _run_end(
                 values, d_ap, margin, rule, epsilon, 3, max(passing_end, first), end

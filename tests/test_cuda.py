@@ -250,7 +250,8 @@ def test_angular_mining_matches_python_on_the_same_distances(seed, B, n_classes)
     labels = rng.integers(0, n_classes, B)
     x = rng.normal(size=(B, 4)).astype(np.float32)
     batch = sn._inputs.host_batch(labels, x, 1.0, "angular")
-    D = _cuda._Distances(batch, cuda.to_device(x)).D.copy_to_host()
+    all_rows = cuda.to_device(np.arange(B, dtype=np.int64))
+    D = _cuda._Embeddings(batch, cuda.to_device(x)).rows(all_rows).copy_to_host()
     np.testing.assert_allclose(D, sn._distances.pairwise_distances(x, "angular"), atol=2e-6)
     got = sn.mine_semihard(labels, x, distance_metric="angular", backend="cuda")
     want = sn.mine_semihard(labels, x, distance_metric=lambda _: D, backend="python")
@@ -487,3 +488,29 @@ def test_overflowing_squared_norms_raise_and_angular_normalises_huge_rows(monkey
         for emb in (big, cuda.to_device(big)):
             got = sn.triplet_semihard_loss(labels, emb, 1.0, "angular", backend="cuda")
             assert got == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("rule", sorted(OTHER_RULES) + ["semihard"])
+def test_anchors_and_blocks_on_the_device(rule, monkeypatch):
+    """Blocks of 5 anchors (B = 13): every rule, a subset of anchors, the three reductions."""
+    monkeypatch.setenv("SEMIHARD_NUMBA_BLOCK_BYTES", str(5 * 13 * 4))
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 3, 13)
+    x = (rng.integers(-4, 5, size=(13, 3)) / 2).astype(np.float32)  # exact sums: no near-ties
+    function, options = OTHER_RULES.get(rule, (sn.triplet_semihard_loss_and_grad, {}))
+    anchors = [0, 2, 3, 5, 7, 8, 9, 12]
+    kwargs = dict(margin=0.5, anchors=anchors, return_stats=True, **options)
+    for reduction in ("mean", "sum"):
+        got = function(labels, x, backend="cuda", reduction=reduction, **kwargs)
+        want = function(labels, x, backend="python", reduction=reduction, **kwargs)
+        assert got[2] == want[2]
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    loss = getattr(sn, function.__name__.removesuffix("_and_grad"))
+    values = loss(labels, cuda.to_device(x), backend="cuda", reduction="none", **kwargs)[0]
+    want = loss(labels, x, backend="python", reduction="none", **kwargs)[0]
+    np.testing.assert_allclose(values.copy_to_host(), want, rtol=1e-6, atol=1e-6)
+    mined = sn.mine_semihard(labels, x, 0.5, backend="cuda", anchors=anchors)
+    expected = sn.mine_semihard(labels, x, 0.5, backend="python", anchors=anchors)
+    for field in ("anchor", "positive", "negative", "semihard"):
+        np.testing.assert_array_equal(getattr(mined, field), getattr(expected, field))

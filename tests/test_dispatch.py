@@ -34,7 +34,7 @@ def fake_gpu(monkeypatch):
     """A usable "GPU" whose backend module records the batches it gets."""
     calls = []
     fake = types.SimpleNamespace(
-        evaluate=lambda b, rule, want_grad: calls.append(("loss", b)) or (0.25, None, None),
+        evaluate=lambda b, *_: calls.append(("loss", b)) or (0.25, None, None),
         device_batch=lambda *args: ("device batch", args),
     )
     monkeypatch.setattr(_dispatch, "cuda_status", lambda: (True, "fake GPU"))

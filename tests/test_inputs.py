@@ -144,7 +144,7 @@ class TestCallableMetric:
         from semihard_numba._python import _triplets
 
         D = manhattan(X)
-        expected = np.mean([t[4] for t in _triplets(LABELS, D, 1.0)])
+        expected = np.mean([t[4] for t in _triplets(LABELS, D, 1.0, range(len(LABELS)))])
         assert loss(distance_metric=manhattan, backend=backend) == pytest.approx(expected)
 
     def test_wrong_shape(self, backend):

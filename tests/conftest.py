@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 from hypothesis import settings
@@ -18,12 +19,21 @@ def _cuda_tests_runnable():
 
 
 CUDA_TESTS = _cuda_tests_runnable()
+TORCH_TESTS = importlib.util.find_spec("torch") is not None
 collect_ignore = [] if CUDA_TESTS else ["test_cuda.py"]
+collect_ignore += [] if TORCH_TESTS else ["test_torch.py", "torch_workers.py"]
 
 
 def pytest_report_header(config):
+    lines = []
     if not CUDA_TESTS:
-        return (
+        lines.append(
             "tests/test_cuda.py not collected: no usable GPU; run it under the simulator with "
             "NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/test_cuda.py"
         )
+    if not TORCH_TESTS:
+        lines.append(
+            "tests/test_torch.py not collected: PyTorch is not installed (its CPU build: pip "
+            "install torch --index-url https://download.pytorch.org/whl/cpu)"
+        )
+    return lines

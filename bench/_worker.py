@@ -17,8 +17,11 @@ import time
 
 import numpy as np
 
-SEMIHARD_BACKENDS = ("python", "numpy", "cpu", "cuda")
+BACKENDS = ("python", "numpy", "cpu", "cuda")  # semihard_numba's, called as backend=...
 PEER_NAMES = {"tfa": "tfa", "sentence-transformers": "sentence_transformers", "pml": "pml"}
+# sorted_search_min_positives that no anchor reaches: the "cpu" kernel runs the post's loop for
+# every anchor ("loop"), however large its class
+NEVER = 10**9
 
 
 def _status_kib(field):
@@ -65,39 +68,88 @@ class PeakMemory:
         return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.start)
 
 
-def _functions(impl, labels, x, margin):
-    """(loss(), loss_and_grad() or None, floor(), floor_kind) for one implementation."""
-    floor_kind = "numpy x @ x.T"
+def _floor(x, budget_bytes):
+    """(x @ x.T as a function, what it is). Where the B x B result would take more than a quarter
+    of the memory budget (B = 32768 in float32 is 4 GiB), the same product in blocks of rows
+    written into one reused buffer, the blocks of the "cpu" backend (`_distances.block_rows`):
+    each block is a gemm, while NumPy's whole x @ x.T is a syrk (half the multiplications, then a
+    mirroring copy; bench/README.md), so ratios to the floor change meaning at that size."""
+    B, itemsize = x.shape[0], x.dtype.itemsize
+    if B * B * itemsize <= budget_bytes / 4:
+        return (lambda: x @ x.T), "numpy x @ x.T"
+    from semihard_numba._distances import block_rows
+
+    rows = block_rows(B, itemsize)
+    out = np.empty((rows, B), dtype=x.dtype)
 
     def floor():
-        return x @ x.T
+        for start in range(0, B, rows):
+            stop = min(start + rows, B)
+            np.matmul(x[start:stop], x.T, out=out[: stop - start])
+        return out
 
+    return floor, f"numpy x[rows] @ x.T, blocks of {rows} rows into one buffer (gemm)"
+
+
+def _library_functions(impl, rule, labels, x, margin):
+    """(loss(), loss_and_grad()) of semihard_numba for `impl`: a backend, "loop" (the "cpu"
+    kernel without its sorted search) or "torch" (the nn.Module on CPU tensors)."""
+    from bench.peers import library_functions, library_rule
+
+    name, soft = library_rule(rule)
+    if impl == "loop":
+        from semihard_numba import _cpu
+        from semihard_numba._inputs import host_batch
+        from semihard_numba._rules import Rule
+
+        def loop(want_grad):
+            batch = host_batch(labels, x, margin, "L2")
+            loss, _, grad = _cpu.evaluate(
+                batch, Rule(name, soft), want_grad, sorted_search_min_positives=NEVER
+            )
+            loss = batch.out_dtype.type(loss)  # as the functions return it
+            return (loss, grad) if want_grad else loss
+
+        return lambda: loop(False), lambda: loop(True)
+    if impl == "torch":
+        import torch
+
+        from semihard_numba.torch import TripletLoss
+
+        module = TripletLoss(name, margin=margin, soft=soft)
+        y = torch.from_numpy(labels)
+
+        def forward_backward():
+            xt = torch.from_numpy(x).requires_grad_()
+            loss = module(y, xt)
+            loss.backward()
+            return loss.item(), xt.grad.numpy()
+
+        return lambda: module(y, torch.from_numpy(x)).item(), forward_backward
+    loss, loss_and_grad = library_functions(rule)
+    return (
+        lambda: loss(labels, x, margin, backend=impl),
+        lambda: loss_and_grad(labels, x, margin, backend=impl),
+    )
+
+
+def _functions(spec, labels, x):
+    """(loss(), loss_and_grad() or None, floor(), floor_kind) for one implementation."""
+    impl, rule, margin = spec["impl"], spec["rule"], spec["margin"]
+    floor, floor_kind = _floor(x, spec["budget_bytes"])
     if impl == "floor":
         return floor, None, floor, floor_kind
-    if impl in SEMIHARD_BACKENDS:
-        import semihard_numba
-
-        if impl == "cuda":
-            floor, floor_kind = _gpu_floor(x) or (floor, floor_kind)
-        return (
-            lambda: semihard_numba.triplet_semihard_loss(labels, x, margin, backend=impl),
-            lambda: semihard_numba.triplet_semihard_loss_and_grad(labels, x, margin, backend=impl),
-            floor,
-            floor_kind,
-        )
+    if impl == "cuda":
+        floor, floor_kind = _gpu_floor(x) or (floor, floor_kind)
+    if impl in (*BACKENDS, "loop", "torch"):
+        return (*_library_functions(impl, rule, labels, x, margin), floor, floor_kind)
     from bench import peers
 
-    loss_fn, grad_fn = peers.PEERS[PEER_NAMES[impl]]
-    # Import the framework and build the loss objects now, so that the first call times the
-    # framework's first run (graph tracing, kernel selection), not `import tensorflow`.
-    {
-        "tfa": lambda: peers._import_tf(),
-        "sentence-transformers": lambda: peers._st_loss_object(margin),
-        "pml": lambda: peers._pml_objects(margin),
-    }[impl]()
+    peer = PEER_NAMES[impl]
+    peers.prepare(peer, rule, margin)
     return (
-        lambda: loss_fn(labels, x, margin),
-        lambda: grad_fn(labels, x, margin),
+        lambda: peers.loss(peer, rule, labels, x, margin),
+        lambda: peers.loss_and_grad(peer, rule, labels, x, margin),
         floor,
         floor_kind,
     )
@@ -176,12 +228,14 @@ def _loss_value(out):
 def main(spec_path, out_path):
     with open(spec_path) as f:
         spec = json.load(f)
-    from bench.data import batch_statistics, clustered_batch
+    from bench.data import batch_statistics, benchmark_batch
 
     result = {"spec": spec, "pid": os.getpid(), "numpy": np.__version__}
     try:
-        labels, x = clustered_batch(spec["B"], spec["k"], spec["D"], spec["noise"], spec["seed"])
-        loss_fn, grad_fn, floor, floor_kind = _functions(spec["impl"], labels, x, spec["margin"])
+        labels, x = benchmark_batch(
+            spec["B"], spec["k"], spec["classes"], spec["D"], spec["noise"], spec["seed"]
+        )
+        loss_fn, grad_fn, floor, floor_kind = _functions(spec, labels, x)
         result["floor_kind"] = floor_kind
         peak = PeakMemory()
         result["peak_method"] = peak.method
@@ -198,10 +252,10 @@ def main(spec_path, out_path):
             grad = None
         # Checks after the measurements, so they touch neither the times nor the peaks.
         if spec["check"]:
-            import semihard_numba
+            from bench.peers import library_functions
 
-            if spec["impl"] != "floor":
-                ref_loss, ref_grad = semihard_numba.triplet_semihard_loss_and_grad(
+            if spec["impl"] != "floor":  # "cpu" of the same rule
+                ref_loss, ref_grad = library_functions(spec["rule"])[1](
                     labels, x, spec["margin"], backend="cpu"
                 )
                 result["ref_loss"] = float(ref_loss)

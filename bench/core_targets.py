@@ -18,11 +18,16 @@ float32, D=128, clustered batches (`semihard_numba._batches`), in this process u
    allocations inside compiled code; its figure is printed beside);
 5. the first call in fresh processes, at B=256 and B=4096: `import semihard_numba`, then the first
    loss (and loss+gradient, mining, a second loss), with an empty NUMBA_CACHE_DIR (cold: compiles
-   and writes the cache), again with that directory (warm) and with SEMIHARD_NUMBA_CACHE=0.
+   and writes the cache), again with that directory (warm) and with SEMIHARD_NUMBA_CACHE=0;
+6. blocks of anchors: at B=4096, the automatic block against one pass (block = B) and against
+   blocks of 1024 and 256 rows, interleaved; at B=16384 and 65536, 4 per class, in a fresh process
+   each, the peak extra memory and the median time of the loss and of loss+gradient (the time
+   should grow as B^2: 65536 at most 1.2 x 16 x 16384).
 
 Targets: loss <= 1.5x x @ x.T with 4 per class, <= 2.5x with 2 classes of 2048; gradient's extra
 cost <= 1.2x; peak extra memory < 1.5 GiB at B=16384; first loss cold <= 5 s at B=256 and <= 10 s
-at B=4096, warm <= 0.5 s.
+at B=4096, warm <= 0.5 s; blocks at B=4096 at most 1.05x one pass; at B=65536 peak extra memory
+< 2 GiB for the loss and < 2.5 GiB with the gradient, time <= 1.2 x 16 x B=16384's.
 """
 
 import argparse
@@ -143,6 +148,39 @@ def search_variants(rounds):
     return {"variants": out, "crossover": crossover}
 
 
+def block_costs(rounds):
+    """At B=4096, 4 per class: the median per-round ratio of each block size's time to one pass
+    (block = B), for the loss and loss+gradient; "automatic" is the default block."""
+    from semihard_numba import _cpu
+    from semihard_numba._batches import clustered_batch
+    from semihard_numba._distances import block_rows
+    from semihard_numba._inputs import host_batch
+    from semihard_numba._rules import SEMIHARD, Rule
+
+    b = host_batch(*clustered_batch(4096, 4, 128), 1.0, "L2")
+    automatic = block_rows(4096, 4)
+    sizes = {"one pass": 4096, f"automatic ({min(automatic, 4096)} rows)": None}
+    sizes.update({"1024 rows": 1024, "256 rows": 256})
+    out = {}
+    for want_grad in (False, True):
+        variants = {
+            name: (
+                lambda rows=rows: _cpu.evaluate(b, Rule(SEMIHARD), want_grad, rows_per_block=rows)
+            )
+            for name, rows in sizes.items()
+        }
+        times = interleaved(variants, rounds)
+        one_pass = times["one pass"]
+        out["loss+grad" if want_grad else "loss"] = {
+            name: {
+                "ms": statistics.median(t) * 1e3,
+                "ratio": statistics.median([a / o for a, o in zip(t, one_pass)]),
+            }
+            for name, t in times.items()
+        }
+    return out
+
+
 # ---- child processes -------------------------------------------------------------------------
 
 
@@ -175,6 +213,27 @@ def _child_memory(batch_size, per_class, what):
         "rss_peak_extra_bytes": rss_extra,
         "tracemalloc_peak_bytes": traced_peak,
     }
+
+
+def _child_large(batch_size, what, repeats):
+    """Peak extra memory of the first call (kernels already loaded) and the median time of
+    `repeats` more calls, at 4 per class."""
+    import semihard_numba
+    from bench._worker import PeakMemory
+    from semihard_numba._batches import clustered_batch
+
+    fn = {
+        "loss": semihard_numba.triplet_semihard_loss,
+        "loss_and_grad": semihard_numba.triplet_semihard_loss_and_grad,
+    }[what]
+    fn(*clustered_batch(2048, 4, 128), backend="cpu")  # load the kernels
+    labels, x = clustered_batch(batch_size, 4, 128)
+    peak = PeakMemory()
+    peak.reset()
+    fn(labels, x, backend="cpu")
+    extra = peak.peak_extra()
+    times = [_timed(lambda: fn(labels, x, backend="cpu")) for _ in range(repeats)]
+    return {"B": batch_size, "what": what, "peak_extra_bytes": extra, "times_s": times}
 
 
 def _child_first_call(batch_size):
@@ -217,6 +276,8 @@ def _child_main(spec):
     spec = json.loads(spec)
     if spec["kind"] == "memory":
         result = _child_memory(spec["B"], spec["per_class"], spec["what"])
+    elif spec["kind"] == "large":
+        result = _child_large(spec["B"], spec["what"], spec["repeats"])
     else:
         result = _child_first_call(spec["B"])
     print(json.dumps(result))
@@ -245,6 +306,14 @@ def main(argv=None):
     )
     p.add_argument("--rounds", type=int, default=9, help="interleaved rounds per timing case")
     p.add_argument("--memory-b", type=int, default=16384)
+    p.add_argument(
+        "--large-b",
+        type=int,
+        nargs=2,
+        default=[16384, 65536],
+        help="the two batch sizes of the blocks' scaling (memory and time, fresh processes)",
+    )
+    p.add_argument("--large-repeats", type=int, default=3, help="timed calls per large batch")
     p.add_argument(
         "--out", default=os.path.join(HERE, "results"), help="directory for core_targets.json/.md"
     )
@@ -288,6 +357,14 @@ def main(argv=None):
         )
     print("first-call times (fresh processes) ...", flush=True)
     res["first_call"] = first_calls()
+    print("blocks at B=4096 ...", flush=True)
+    res["blocks"] = block_costs(a.rounds)
+    res["large"] = []
+    for batch_size in a.large_b:
+        for what in ("loss", "loss_and_grad"):
+            print(f"B={batch_size}, {what} (fresh process) ...", flush=True)
+            spec = {"kind": "large", "B": batch_size, "what": what, "repeats": a.large_repeats}
+            res["large"].append(_spawn(spec, timeout=3600))
     res["loadavg_end"] = list(os.getloadavg())
     text = report(res)
     print()
@@ -376,6 +453,45 @@ def report(res):
                 f"| {batch_size} | {name} | {fc['import_s']:.2f} | {fc['loss_s']:.2f} | "
                 f"{fc['loss_and_grad_s']:.2f} | {fc['mine_s']:.2f} | {fc['second_loss_s']:.3f} |"
             )
+    lines += [
+        "",
+        "Blocks of anchors at B=4096, 4 per class: median ms, and the median per-round ratio to "
+        "one pass (goal for the automatic block: <= 1.05x):",
+        "",
+        "| block | loss ms | ratio | loss+grad ms | ratio |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    loss, grad = res["blocks"]["loss"], res["blocks"]["loss+grad"]
+    for name in loss:
+        lines.append(
+            f"| {name} | {loss[name]['ms']:.0f} | {loss[name]['ratio']:.3f} | "
+            f"{grad[name]['ms']:.0f} | {grad[name]['ratio']:.3f} |"
+        )
+    lines += [
+        "",
+        "Large batches, 4 per class, fresh process each (goals at the largest: loss < 2 GiB, "
+        "loss+grad < 2.5 GiB, time <= 1.2 x (B ratio)^2 x the smaller batch's):",
+        "",
+        "| B | what | peak extra memory | median time | time / smaller B's | goal | |",
+        "|---:|---|---:|---:|---:|---|---|",
+    ]
+    large = {(m["B"], m["what"]): m for m in res["large"]}
+    small_b, big_b = sorted({m["B"] for m in res["large"]})
+    for (batch_size, what), m in large.items():
+        median = statistics.median(m["times_s"])
+        gib = m["peak_extra_bytes"] / 2**30
+        growth, goal, ok = "", "", None
+        if batch_size == big_b:
+            smaller = statistics.median(large[(small_b, what)]["times_s"])
+            limit = 1.2 * (big_b / small_b) ** 2
+            memory_goal = 2.0 if what == "loss" else 2.5
+            growth = f"{median / smaller:.1f}x"
+            goal = f"<= {limit:.1f}x, < {memory_goal} GiB"
+            ok = median / smaller <= limit and gib < memory_goal
+        lines.append(
+            f"| {batch_size} | {what} | {gib:.2f} GiB | {median:.2f} s | {growth} | {goal} | "
+            f"{verdict(ok) if ok is not None else ''} |"
+        )
     return "\n".join(lines)
 
 

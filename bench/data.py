@@ -2,7 +2,16 @@
 
 import numpy as np
 
-from semihard_numba._batches import clustered_batch  # noqa: F401 (the benchmark scripts' import)
+from semihard_numba._batches import clustered_batch
+
+
+def benchmark_batch(batch_size, per_class=4, classes=None, dim=128, noise=1.5, seed=0):
+    """The benchmark's batch: `classes` classes of batch_size // classes samples when `classes` is
+    given (the core targets' "2 classes of 2048" at B = 4096, where every anchor has thousands of
+    positives), else classes of `per_class` samples."""
+    if classes:
+        per_class = batch_size // classes
+    return clustered_batch(batch_size, per_class, dim, noise, seed)
 
 
 def batch_statistics(labels, embeddings, margin=1.0, chunk=1024):

@@ -1,12 +1,15 @@
 """The benchmark: ``python -m bench`` (``python -m bench --help`` for the options).
 
-Measures semihard_numba's triplet_semihard_loss (and triplet_semihard_loss_and_grad) on the backends
-"python", "numpy", "cpu", "cuda" (where usable), the installed peers (TensorFlow Addons,
+Measures one of semihard_numba's triplet losses (--rule; by default triplet_semihard_loss) and its
+loss-and-gradient function on the backends "python", "numpy", "cpu", "cuda" (where usable), on
+"loop" (the "cpu" kernel without its sorted search: the post's loop, compiled) and "torch" (the
+PyTorch module), the installed peers that compute the same rule (TensorFlow Addons,
 sentence-transformers, pytorch-metric-learning; see bench/peers.py) and the floor x @ x.T, on
-clustered L2-normalised batches of growing size. Every (implementation, size) runs in a fresh
-process (bench/_worker.py): first-call time, the median and spread of warm calls interleaved with
-x @ x.T in that same process (the ratio to the floor comes from there, which keeps it honest on a
-busy machine), peak extra resident memory, and the loss checked against "cpu" on the same batch.
+clustered L2-normalised batches of growing size (-k per class, or --classes). Every
+(implementation, size) runs in a fresh process (bench/_worker.py): first-call time, the median and
+spread of warm calls interleaved with x @ x.T in that same process (the ratio to the floor comes
+from there, which keeps it honest on a busy machine), peak extra resident memory, and the loss
+checked against "cpu" of the same rule on the same batch.
 
 Sizes an implementation cannot afford are skipped with the reason printed: the memory a size would
 need is estimated before it runs (from the implementation's formula where one is known, else
@@ -31,7 +34,16 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-LIBRARY = ("python", "numpy", "cpu", "cuda")
+# "hard-soft" is triplet_hard_loss(soft=True); the others are the library's rule names.
+RULES = ("semihard", "hard", "hard-soft", "batch-all", "all-semihard")
+RULE_TITLES = {
+    "semihard": "semi-hard triplet loss (TFA's)",
+    "hard": "batch-hard triplet loss",
+    "hard-soft": "batch-hard soft-margin triplet loss",
+    "batch-all": "batch-all triplet loss",
+    "all-semihard": "all semi-hard triplets (pytorch-metric-learning's)",
+}
+LIBRARY = ("python", "numpy", "cpu", "loop", "torch", "cuda")
 PEERS = ("tfa", "sentence-transformers", "pml")
 ALL = ("floor", *LIBRARY, *PEERS)
 PEER_MODULES = {
@@ -40,24 +52,68 @@ PEER_MODULES = {
     "pml": ("torch", "pytorch_metric_learning"),
 }
 NOTES = {
-    "pml": "different definition: all semi-hard triplets, mean over non-zero losses",
     "floor": "x @ x.T, the floor",
+    "loop": "the post's loop compiled: the cpu kernel without its sorted search",
+    "torch": "semihard_numba.torch.TripletLoss on CPU tensors, forward (+ backward)",
+}
+# (peer, rule) pairs that compute another definition: shown, not compared
+DIFFERENT = {
+    ("pml", "semihard"): "different definition: all semi-hard triplets, mean over non-zero losses"
 }
 # Growth exponents used to extrapolate (time, memory) from the last measured size; clamped fits
 # from the last two sizes override them where available.
 GROWTH = {"python": (3, 2), "numpy": (3, 3), "tfa": (3, 3), "pml": (2.5, 2)}
-DEFAULT_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# Peak bytes per element of the peers' largest intermediates (static_memory_estimate)
+ST_BATCH_ALL_BYTES = 24  # measured: 22 at B=256, 2 classes
+PML_TRIPLET_BYTES = 84  # measured: 72 at B=256, 2 classes; 81 at B=4096, 4 per class
+DEFAULT_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 QUICK_SIZES = (32, 64, 128)
 
 
-def static_memory_estimate(impl, b, itemsize=4):
-    """Bytes an implementation needs at batch size b where a formula is known, else None."""
-    if impl == "numpy":
+def peer_module(impl):
+    """bench.peers' name of a peer."""
+    return impl.replace("-", "_")
+
+
+def rule_peers(rule):
+    """The peers that compute `rule` (bench/peers.py, CALLS)."""
+    from bench.peers import CALLS
+
+    return [p for p in PEERS if rule in CALLS[peer_module(p)]]
+
+
+def note(impl, rule):
+    """What an implementation is, for the tables: the peers' call for the rule."""
+    if impl not in PEERS:
+        return NOTES.get(impl, "")
+    from bench.peers import CALLS
+
+    call = CALLS[peer_module(impl)].get(rule, "")
+    return call + (f"; {DIFFERENT[impl, rule]}" if (impl, rule) in DIFFERENT else "")
+
+
+def per_class(b, args):
+    """Samples per class of the batches at size b."""
+    return b // args.classes if args.classes else args.k
+
+
+def static_memory_estimate(impl, b, rule="semihard", k=4, itemsize=4):
+    """Bytes an implementation needs at batch size b (k per class) where a formula is known,
+    else None (the caller extrapolates from the sizes measured)."""
+    hard = rule in ("hard", "hard-soft")
+    if impl == "numpy" and not hard:  # "hard" needs (B, B) masks only
         from semihard_numba._numpy import memory_estimate
 
         return memory_estimate(b, itemsize)
-    if impl == "tfa":
+    if impl == "tfa" and rule == "semihard":
         return 18 * b**3  # measured: bench/README.md
+    if impl == "sentence-transformers" and rule == "batch-all":
+        # pairs x B float tensors (its source, batch_all_triplet_loss): ~ST_BATCH_ALL_BYTES each
+        return ST_BATCH_ALL_BYTES * b * (k - 1) * b
+    if impl == "pml":
+        # every (a, p, n) as three int64 indices and their distances, plus a B^3 mask when
+        # B^3 < 2^31 (get_all_triplets_indices); that many classes are what kills it
+        return PML_TRIPLET_BYTES * b * (k - 1) * (b - k) + (b**3 if b**3 < 2**31 else 0)
     return None
 
 
@@ -130,23 +186,27 @@ def machine():
     return info
 
 
-def availability():
-    """{impl: (usable, reason)} without importing the heavy peers."""
+def availability(rule="semihard"):
+    """{impl: (usable, reason)} for `rule`, without importing the heavy peers."""
     out = {"floor": (True, "numpy")}
     import semihard_numba
 
-    for name in ("python", "numpy", "cpu"):
+    for name in ("python", "numpy", "cpu", "loop"):
         out[name] = (True, "semihard_numba")
+    torch = importlib.util.find_spec("torch") is not None
+    out["torch"] = (torch, "semihard_numba.torch" if torch else "not installed: torch")
     usable, reason = semihard_numba.backends()["cuda"]
     out["cuda"] = (bool(usable), reason)
+    computes = rule_peers(rule)
     for peer, modules in PEER_MODULES.items():
         missing = [m for m in modules if importlib.util.find_spec(m) is None]
-        out[peer] = (
-            not missing,
-            "installed"
-            if not missing
-            else "not installed: " + ", ".join(missing) + " (see bench/README.md, 'Peers')",
-        )
+        if peer not in computes:
+            out[peer] = (False, f"has no {rule} loss (peers for {rule}: {', '.join(computes)})")
+        elif missing:
+            why = "not installed: " + ", ".join(missing) + " (see bench/README.md, 'Peers')"
+            out[peer] = (False, why)
+        else:
+            out[peer] = (True, "installed")
     return out
 
 
@@ -165,12 +225,12 @@ def skip_reason(impl, b, history, args, budget_bytes):
     if impl == "python" and b > args.python_max_b:
         return f"readable Python loop: skipped above B={args.python_max_b} (--python-max-b)"
     t_exp, m_exp = GROWTH.get(impl, (2, 2))
-    need = static_memory_estimate(impl, b)
+    need = static_memory_estimate(impl, b, args.rule, per_class(b, args))
     if history:
         b0, t0, m0 = history[-1]
         m_exp = (
             _fit_exponent([(h[0], h[2]) for h in history if h[2] > 0], m_exp)
-            if static_memory_estimate(impl, b) is None
+            if need is None
             else m_exp
         )
         extrapolated = m0 * (b / b0) ** m_exp
@@ -269,19 +329,25 @@ def _summary(measure):
     }
 
 
-def rows_from(result, impl, b, args):
-    base = {
+def _base_row(impl, b, args):
+    return {
         "impl": impl,
+        "rule": args.rule,
         "B": b,
-        "k": args.k,
+        "k": per_class(b, args),
         "D": args.D,
-        "classes": max(1, b // args.k),
-        "loadavg": loadavg(),
-        "note": NOTES.get(impl, ""),
+        "classes": b // per_class(b, args),
+        "note": note(impl, args.rule),
     }
+
+
+def rows_from(result, impl, b, args, stats=None):
+    """The table rows of one worker's result; `stats`: the batch's, where another process at this
+    size computed them (bench.data.batch_statistics, once per size)."""
+    base = dict(_base_row(impl, b, args), loadavg=loadavg())
     if "error" in result and "loss" not in result:
         return [dict(base, op="loss", status="error", reason=result["error"])]
-    stats = result.get("stats", {})
+    stats = result.get("stats", stats or {})
     rows = []
     for op, key in (("loss", "loss"), ("loss+grad", "grad")):
         if key not in result:
@@ -299,7 +365,7 @@ def rows_from(result, impl, b, args):
         if value is not None and ref is not None:
             diff = abs(value - ref)
             row["abs_diff_vs_cpu"] = diff
-            if impl == "pml":
+            if (impl, args.rule) in DIFFERENT:
                 row["agreement"] = "different definition"
             else:
                 row["agreement"] = "agrees" if diff <= 1e-5 * abs(ref) + 1e-6 else "DIFFERS"
@@ -311,6 +377,7 @@ def rows_from(result, impl, b, args):
 
 COLUMNS = [
     "impl",
+    "rule",
     "op",
     "B",
     "k",
@@ -343,6 +410,14 @@ COLUMNS = [
 ]
 
 
+def results_name(args):
+    """results.* for the default rule and batches, else results-<rule>[-<N>classes].*, so that one
+    run never overwrites another's."""
+    if args.rule == "semihard" and not args.classes:
+        return "results"
+    return f"results-{args.rule}" + (f"-{args.classes}classes" if args.classes else "")
+
+
 def write_outputs(rows, meta, out_dir, plot=True, name="results"):
     os.makedirs(out_dir, exist_ok=True)
     paths = []
@@ -363,7 +438,7 @@ def write_outputs(rows, meta, out_dir, plot=True, name="results"):
 
 
 def render(rows, meta, out_dir, plot=True, name="results"):
-    """results.md and results.png from the rows (also: python -m bench --render results.json)."""
+    """NAME.md and NAME.png from the rows (also: python -m bench --render NAME.json)."""
     paths = []
     md_path = os.path.join(out_dir, f"{name}.md")
     with open(md_path, "w") as f:
@@ -382,7 +457,11 @@ def _fmt_ms(v):
     return f"{v:.3g}" if v < 100 else f"{v:.0f}"
 
 
-def pivot_table(rows, op):
+def _label(impl, rule):
+    return impl + (" *" if (impl, rule) in DIFFERENT else "")
+
+
+def pivot_table(rows, op, rule="semihard"):
     """impl x B: median ms (x floor); skipped sizes as '-'."""
     sizes = sorted({r["B"] for r in rows if r.get("B") is not None})
     impls = [i for i in ALL if any(r["impl"] == i and r.get("B") is not None for r in rows)]
@@ -413,29 +492,62 @@ def pivot_table(rows, op):
             else:
                 cell = "skip" if r["status"] == "skipped" else r["status"]
             cells.append(cell)
-        label = impl + (" *" if impl == "pml" else "")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(impl, rule)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def batch_shape(args):
+    """How the batches are made, in words (args: the namespace or its dict in results.json)."""
+    args = args if isinstance(args, dict) else vars(args)
+    if args.get("classes"):
+        return f"{args['classes']} classes of B/{args['classes']}"
+    return f"{args['k']} per class"
 
 
 def markdown(rows, meta):
     args = meta["args"]
+    rule = args.get("rule", "semihard")
+    ok = [r for r in rows if r["status"] == "ok"]
+    floors = {}  # floor kind -> the smallest B it was used at
+    for r in ok:
+        if r.get("floor_kind"):
+            floors[r["floor_kind"]] = min(r["B"], floors.get(r["floor_kind"], r["B"]))
     out = [
-        f"Batches: {args['k']} per class, D={args['D']}, noise {args['noise']}, margin "
-        f"{args['margin']}, float32, L2; medians of up to {args['repeats']} warm calls; "
-        f"'(Nx)' = time / x @ x.T measured interleaved in the same process. "
-        f"Load average at start {meta['loadavg_start']}, at end {meta.get('loadavg_end')}.",
+        f"{RULE_TITLES[rule]}. Batches: {batch_shape(args)}, D={args['D']}, noise "
+        f"{args['noise']}, margin {args['margin']}, float32, L2; medians of up to "
+        f"{args['repeats']} warm calls; '(Nx)' = time / x @ x.T measured interleaved in the same "
+        f"process. Load average at start {meta['loadavg_start']}, "
+        f"at end {meta.get('loadavg_end')}.",
+    ]
+    calls = [
+        f"{i}: {note(i, rule)}"
+        for i in ("loop", "torch", *PEERS)
+        if any(r["impl"] == i for r in ok)
+    ]
+    if calls:
+        out.append("Implementations: " + "; ".join(calls) + ".")
+    if len(floors) > 1:
+        out.append(
+            "The floor: "
+            + "; ".join(
+                f"{kind} from B={b}" for kind, b in sorted(floors.items(), key=lambda f: f[1])
+            )
+            + " (ratios across that change compare with a different product)."
+        )
+    out += [
         "",
         "Loss, median ms (ratio to x @ x.T):",
         "",
-        pivot_table(rows, "loss"),
+        pivot_table(rows, "loss", rule),
         "",
         "Loss and gradient, median ms (ratio to x @ x.T):",
         "",
-        pivot_table(rows, "loss+grad"),
+        pivot_table(rows, "loss+grad", rule),
         "",
-        "\\* pml: different definition (all semi-hard triplets, mean of the non-zero losses); "
-        "its value is shown, not compared.",
+    ]
+    different = sorted({r["impl"] for r in rows if (r["impl"], rule) in DIFFERENT})
+    out += [f"\\* {i}: {DIFFERENT[i, rule]}; its value is shown, not compared." for i in different]
+    out += [
         "",
         "Details:",
         "",
@@ -443,9 +555,7 @@ def markdown(rows, meta):
         "| loss | cpu loss | agreement | grad rel diff | semi-hard found | hard negatives |",
         "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
-    for r in rows:
-        if r["status"] != "ok":
-            continue
+    for r in ok:
 
         def g(key, fmt):
             v = r.get(key)
@@ -472,6 +582,7 @@ def markdown(rows, meta):
 
 
 def plot_png(rows, meta, path):
+    """Time against B (loss; loss and gradient) and peak extra memory against B, log-log."""
     try:
         import matplotlib
 
@@ -480,15 +591,25 @@ def plot_png(rows, meta, path):
     except ImportError:
         print("matplotlib not installed: no plot (pip install 'semihard-numba[bench]')")
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharey=True)
+    a, m = meta["args"], meta["machine"]
+    rule = a.get("rule", "semihard")
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.2))
+    axes[1].sharey(axes[0])
     impls = [i for i in ALL if any(r["impl"] == i and r["status"] == "ok" for r in rows)]
-    for ax, op in zip(axes, ("loss", "loss+grad")):
+    panels = (
+        ("loss", "median_ms", 1e-3, "loss"),
+        ("loss+grad", "median_ms", 1e-3, "loss + gradient"),
+        (None, "peak_extra_mib", 1, "peak extra memory (the larger of loss, loss + gradient)"),
+    )
+    for ax, (op, key, scale, title) in zip(axes, panels):
         for impl in impls:
-            pts = sorted(
-                (r["B"], r["median_ms"] / 1e3)
-                for r in rows
-                if r["impl"] == impl and r["status"] == "ok" and (r["op"] == op or impl == "floor")
-            )
+            values = {}
+            for r in rows:
+                if r["impl"] != impl or r["status"] != "ok":
+                    continue
+                if op is None or r["op"] == op or impl == "floor":
+                    values[r["B"]] = max(values.get(r["B"], 0), r[key] * scale)
+            pts = sorted((b, v) for b, v in values.items() if v > 0)
             if not pts:
                 continue
             style = (
@@ -496,20 +617,20 @@ def plot_png(rows, meta, path):
                 if impl == "floor"
                 else dict(marker="o", markersize=3)
             )
-            label = {"floor": "x @ x.T (floor)", "pml": "pml (different definition)"}.get(
-                impl, impl
-            )
+            label = "x @ x.T (floor)" if impl == "floor" else impl
+            if (impl, rule) in DIFFERENT:
+                label += " (different definition)"
             ax.plot(*zip(*pts), label=label, **style)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size B")
-        ax.set_title("loss" if op == "loss" else "loss + gradient")
+        ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("median time per call (s)")
+    axes[2].set_ylabel("peak extra resident memory (MiB)")
     axes[1].legend(fontsize=8, loc="upper left")
-    a, m = meta["args"], meta["machine"]
     fig.suptitle(
-        f"semi-hard triplet loss, float32, D={a['D']}, {a['k']} per class — "
+        f"{RULE_TITLES[rule]}, float32, D={a['D']}, {batch_shape(a)} — "
         f"{m.get('Model name', '?')}, {m.get('CPU(s)', m.get('cpus'))} CPUs",
         fontsize=10,
     )
@@ -530,6 +651,13 @@ def parse_args(argv):
         action="store_true",
         help="sizes 32 64 128, 2 repeats, library backends and the floor only (CI)",
     )
+    p.add_argument(
+        "--rule",
+        choices=RULES,
+        default="semihard",
+        help="the loss: its library functions and the peers that compute it "
+        '("hard-soft": triplet_hard_loss with soft=True)',
+    )
     p.add_argument("--sizes", type=int, nargs="+", help=f"batch sizes (default {DEFAULT_SIZES})")
     p.add_argument(
         "--impl",
@@ -538,6 +666,11 @@ def parse_args(argv):
         help="implementations (default: all usable; with --quick: floor python numpy cpu)",
     )
     p.add_argument("-k", "--per-class", dest="k", type=int, default=4, help="samples per class")
+    p.add_argument(
+        "--classes",
+        type=int,
+        help="N classes of B/N samples each instead of -k per class (N must divide every size)",
+    )
     p.add_argument("-D", "--dim", dest="D", type=int, default=128, help="embedding dimension")
     p.add_argument("--noise", type=float, default=1.5, help="noise norm around the class centres")
     p.add_argument("--margin", type=float, default=1.0)
@@ -559,7 +692,8 @@ def parse_args(argv):
         "--max-call-s",
         type=float,
         default=10.0,
-        help="skip a size whose extrapolated time per call exceeds this",
+        help="skip a size whose extrapolated time per call exceeds this (60 lets 'cpu' reach "
+        "B=65536)",
     )
     p.add_argument(
         "--python-max-b", type=int, default=512, help="largest batch for the readable Python loop"
@@ -568,13 +702,14 @@ def parse_args(argv):
     p.add_argument(
         "--out",
         default=os.path.join(HERE, "results"),
-        help="directory for results.csv/.json/.md/.png",
+        help="directory for results.csv/.json/.md/.png (results-RULE[-NclassesS].* for another "
+        "rule or --classes)",
     )
     p.add_argument("--no-plot", action="store_true")
     p.add_argument(
         "--render",
         metavar="RESULTS_JSON",
-        help="only rewrite results.md and results.png next to an existing results.json",
+        help="only rewrite the .md and .png next to an existing results JSON file",
     )
     p.add_argument(
         "--no-check",
@@ -586,7 +721,71 @@ def parse_args(argv):
         args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
     if args.repeats is None:
         args.repeats = 2 if args.quick else 5
+    if args.classes is not None:
+        bad = [
+            b for b in args.sizes if args.classes < 1 or b % args.classes or b < 2 * args.classes
+        ]
+        if bad:
+            p.error(f"--classes {args.classes} must divide every size into classes of >= 2: {bad}")
     return args
+
+
+def measure(impl, b, args, budget, history, batch_stats, announce=None):
+    """Skip or measure one (implementation, size) in a fresh process: (its rows, a line saying
+    what happened). history[impl] gets the size's (b, seconds per call, peak bytes) for the
+    extrapolations at the next size; batch_stats[b] the batch statistics, computed once a size.
+    announce() is called before a process starts."""
+    reason = skip_reason(impl, b, history, args, budget)
+    if reason:
+        row = dict(_base_row(impl, b, args), op="loss", status="skipped", reason=reason)
+        return [row], f"skipped: {reason}"
+    if announce:
+        announce()
+    spec = {
+        "impl": impl,
+        "rule": args.rule,
+        "B": b,
+        "k": args.k,
+        "classes": args.classes,
+        "D": args.D,
+        "noise": args.noise,
+        "seed": args.seed + b,
+        "margin": args.margin,
+        "repeats": args.repeats,
+        "budget_s": args.budget_s,
+        "budget_bytes": budget,
+        "grad": not args.no_grad,
+        "check": not args.no_check,
+        "stats": not args.no_check and b not in batch_stats,
+    }
+    result = run_child(spec, budget, args.child_timeout)
+    if "stats" in result:
+        batch_stats[b] = result["stats"]
+    new = rows_from(result, impl, b, args, batch_stats.get(b))
+    ok = [r for r in new if r["status"] == "ok"]
+    if not ok:
+        # A failure by memory or time stops that implementation at larger sizes too.
+        history.append((b, float("inf"), float("inf")))
+        return new, f"FAILED: {new[0]['reason']}"
+    per_call = max(r["median_ms"] for r in ok) / 1e3
+    peak = max(r["peak_extra_mib"] for r in ok) * 2**20
+    history.append((b, per_call, peak))
+    parts = [
+        f"{r['op']} {_fmt_ms(r['median_ms'])} ms ({_fmt_ms(r['ratio_to_floor'])}x)"
+        for r in ok
+        if impl != "floor" or r["op"] == "loss"
+    ]
+    r0 = ok[0]
+    check = r0.get("agreement", "")
+    if check:
+        check = f"  {check} ({r0['abs_diff_vs_cpu']:.1e})"
+    line = (
+        f"{'; '.join(parts)}; first call {r0['first_call_s']:.3g} s; "
+        f"peak +{peak / 2**20:.0f} MiB{check}"
+    )
+    if r0.get("reason"):
+        line += f"\n        note: {r0['reason']}"
+    return new, line
 
 
 def main(argv=None):
@@ -599,19 +798,20 @@ def main(argv=None):
             data["meta"],
             os.path.dirname(os.path.abspath(args.render)),
             plot=not args.no_plot,
+            name=os.path.splitext(os.path.basename(args.render))[0],
         )
         print(markdown(data["rows"], data["meta"]))
         print("wrote " + ", ".join(os.path.relpath(p) for p in paths))
         return data["rows"]
     t_start = time.monotonic()
     budget = args.max_mem_gib * 2**30 if args.max_mem_gib else mem_available() / 2
-    avail = availability()
+    avail = availability(args.rule)
     if args.impl:
         impls = [i for i in ALL if i in args.impl]
     elif args.quick:
         impls = ["floor", "python", "numpy", "cpu"]
     else:
-        impls = list(ALL)
+        impls = ["floor", *LIBRARY, *rule_peers(args.rule)]
     meta = {
         "args": vars(args),
         "machine": machine(),
@@ -621,8 +821,8 @@ def main(argv=None):
         "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     print(
-        f"semi-hard triplet loss benchmark: sizes {args.sizes}, {args.k} per class, D={args.D}, "
-        f"{args.repeats} repeats; memory budget {budget / 2**30:.1f} GiB; "
+        f"{RULE_TITLES[args.rule]} benchmark: sizes {args.sizes}, {batch_shape(args)}, "
+        f"D={args.D}, {args.repeats} repeats; memory budget {budget / 2**30:.1f} GiB; "
         f"load average {meta['loadavg_start']}"
     )
     m = meta["machine"]
@@ -639,87 +839,38 @@ def main(argv=None):
             rows.append(
                 {
                     "impl": impl,
+                    "rule": args.rule,
                     "op": "loss",
                     "B": None,
                     "status": "unavailable",
                     "reason": why,
-                    "note": NOTES.get(impl, ""),
+                    "note": note(impl, args.rule),
                 }
             )
     impls = [i for i in impls if avail[i][0]]
     total = len(impls) * len(args.sizes)
     history = {impl: [] for impl in impls}
+    batch_stats = {}
     done = 0
+    tty = sys.stdout.isatty()
     for b in args.sizes:
         # Interleave: the order of implementations rotates from one size to the next.
         shift = args.sizes.index(b) % max(1, len(impls))
         for impl in impls[shift:] + impls[:shift]:
             done += 1
             prefix = f"[{done:3d}/{total}] {time.monotonic() - t_start:6.0f}s  {impl:22s} B={b:6d}"
-            reason = skip_reason(impl, b, history[impl], args, budget)
-            if reason:
-                print(f"{prefix}  skipped: {reason}", flush=True)
-                rows.append(
-                    {
-                        "impl": impl,
-                        "op": "loss",
-                        "B": b,
-                        "k": args.k,
-                        "D": args.D,
-                        "status": "skipped",
-                        "reason": reason,
-                        "note": NOTES.get(impl, ""),
-                    }
-                )
-                continue
-            tty = sys.stdout.isatty()
-            print(f"{prefix}  ...", end="" if tty else "\n", flush=True)
-            prefix = "\r" + prefix if tty else "        ->"
-            spec = {
-                "impl": impl,
-                "B": b,
-                "k": args.k,
-                "D": args.D,
-                "noise": args.noise,
-                "seed": args.seed + b,
-                "margin": args.margin,
-                "repeats": args.repeats,
-                "budget_s": args.budget_s,
-                "grad": not args.no_grad,
-                "check": not args.no_check,
-                "stats": not args.no_check,
-            }
-            result = run_child(spec, budget, args.child_timeout)
-            new = rows_from(result, impl, b, args)
+
+            def announce():
+                print(f"{prefix}  ...", end="" if tty else "\n", flush=True)
+
+            new, line = measure(impl, b, args, budget, history[impl], batch_stats, announce)
             rows += new
-            ok = [r for r in new if r["status"] == "ok"]
-            if not ok:
-                print(f"{prefix}  FAILED: {new[0]['reason']}", flush=True)
-                # A failure by memory or time stops that implementation at larger sizes too.
-                history[impl].append((b, float("inf"), float("inf")))
-                continue
-            per_call = max(r["median_ms"] for r in ok) / 1e3
-            peak = max(r["peak_extra_mib"] for r in ok) * 2**20
-            history[impl].append((b, per_call, peak))
-            parts = [
-                f"{r['op']} {_fmt_ms(r['median_ms'])} ms ({_fmt_ms(r['ratio_to_floor'])}x)"
-                for r in ok
-                if impl != "floor" or r["op"] == "loss"
-            ]
-            r0 = ok[0]
-            check = r0.get("agreement", "")
-            if check:
-                check = f"  {check} ({r0['abs_diff_vs_cpu']:.1e})"
-            print(
-                f"{prefix}  {'; '.join(parts)}; first call {r0['first_call_s']:.3g} s; "
-                f"peak +{peak / 2**20:.0f} MiB{check}",
-                flush=True,
-            )
-            if r0.get("reason"):
-                print(f"        note: {r0['reason']}")
+            started = new[0]["status"] != "skipped"
+            lead = ("\r" + prefix if tty else "        ->") if started else prefix
+            print(f"{lead}  {line}", flush=True)
     meta["loadavg_end"] = loadavg()
     meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
-    paths = write_outputs(rows, meta, args.out, plot=not args.no_plot)
+    paths = write_outputs(rows, meta, args.out, plot=not args.no_plot, name=results_name(args))
     print()
     print(markdown(rows, meta).split("\nDetails:")[0])
     print(f"load average at end {meta['loadavg_end']}; {meta['elapsed_s']} s in all")

@@ -547,6 +547,7 @@ def evaluate(batch, rule, want_grad, reduction="mean", **speed_ups):
         _run_block(batch, rule, classes, embeddings, block, G, keys, key_range, options, out)
         if want_grad:  # G holds the block's rows of dS/dP
             _accumulate_backward(h, G, embeddings, block, rule, classes, whole, options)
+        del G, keys  # before the next block's: one block in memory at a time
     total, denominator, active, semihard = totals.sum(axis=0)
     stats = TripletStats(classes.n_pairs, int(denominator), int(active), int(semihard))
     if reduction == "none":  # per pair, or per anchor for "hard"

@@ -26,6 +26,15 @@ def _start(rank, world, address):
     dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world)
 
 
+def _finish():
+    """Leave without running the interpreter's teardown: with torch 2.13, a process spawned by
+    torch.multiprocessing that used DistributedDataParallel on gloo aborts at exit ("terminate
+    called without an active exception") in about one run of four, in a script of torch alone as
+    well. Every check has passed by now; an exception above still fails the test."""
+    dist.destroy_process_group()
+    os._exit(0)
+
+
 def global_batch(sizes, seed=0, D=6):
     """The global batch of the tests, float64, and the rows of each rank."""
     rng = np.random.default_rng(seed)
@@ -66,7 +75,7 @@ def loss_and_rows(rank, world, address, sizes):
                     atol=1e-9,
                     err_msg=where,
                 )
-    dist.destroy_process_group()
+    _finish()
 
 
 def ddp_parameters(rank, world, address, sizes):
@@ -92,7 +101,7 @@ def ddp_parameters(rank, world, address, sizes):
             np.testing.assert_allclose(
                 got.grad.numpy(), expected.grad.numpy(), rtol=1e-6, atol=1e-9, err_msg=rule
             )
-    dist.destroy_process_group()
+    _finish()
 
 
 def inconsistent_input(rank, world, address, bad_rank):
@@ -121,4 +130,4 @@ def inconsistent_input(rank, world, address, bad_rank):
     # the group still works afterwards: nobody was left inside a collective
     module = TripletLoss("semihard", gather_across_processes=True)
     module(local_labels, local)
-    dist.destroy_process_group()
+    _finish()

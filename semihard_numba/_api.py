@@ -81,31 +81,35 @@ def _document(function=None, extra="", stats=True, returns=_RETURNS):
     return function
 
 
-def _evaluate(rule, want_grad, args):
-    """What every loss function does with its arguments (labels, embeddings, margin,
-    distance_metric, backend, check_finite, anchors, reduction, return_stats)."""
-    (
-        labels,
-        embeddings,
-        margin,
-        distance_metric,
-        backend,
-        check_finite,
-        anchors,
-        reduction,
-        return_stats,
-    ) = args
+def _evaluate(
+    name,
+    want_grad,
+    labels,
+    embeddings,
+    margin,
+    distance_metric,
+    backend,
+    check_finite,
+    anchors,
+    reduction,
+    return_stats,
+    soft=False,
+):
+    """What every loss function does with its arguments. Each passes them as ``**locals()``
+    from a body that assigns nothing, so its locals are exactly its parameters."""
     check_reduction(reduction, allow_none=not want_grad)
     if want_grad and callable(distance_metric):
         raise TypeError(
             "the gradient needs a named distance_metric ('L2', 'squared-L2', 'angular'): a "
             "callable metric has no gradient"
         )
-    if not isinstance(return_stats, (bool, np.bool_)):
-        raise TypeError(f"return_stats must be a bool, got {return_stats!r}")
+    for flag, value in (("return_stats", return_stats), ("soft", soft)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{flag} must be a bool, got {value!r}")
     implementation, batch = resolve(
         labels, embeddings, margin, distance_metric, backend, check_finite, anchors
     )
+    rule = Rule(name, soft=bool(soft))
     loss, stats, grad = implementation.evaluate(batch, rule, want_grad, reduction)
     if reduction == "none":  # per pair or per anchor, in the output dtype (device arrays stay)
         result = [
@@ -120,12 +124,6 @@ def _evaluate(rule, want_grad, args):
     if return_stats:
         result.append(stats)
     return tuple(result) if len(result) > 1 else result[0]
-
-
-def _hard_rule(soft):
-    if not isinstance(soft, (bool, np.bool_)):
-        raise TypeError(f"soft must be a bool, got {soft!r}")
-    return Rule(HARD, soft=bool(soft))
 
 
 @_document
@@ -162,18 +160,7 @@ def triplet_semihard_loss(
     >>> round(float(semihard_numba.triplet_semihard_loss(labels, x)), 6)
     0.542893
     """
-    args = (
-        labels,
-        embeddings,
-        margin,
-        distance_metric,
-        backend,
-        check_finite,
-        anchors,
-        reduction,
-        return_stats,
-    )
-    return _evaluate(Rule(SEMIHARD), False, args)
+    return _evaluate(SEMIHARD, False, **locals())
 
 
 @_document
@@ -197,18 +184,7 @@ def triplet_semihard_loss_and_grad(
     {parameters}
     {returns}
     """
-    args = (
-        labels,
-        embeddings,
-        margin,
-        distance_metric,
-        backend,
-        check_finite,
-        anchors,
-        reduction,
-        return_stats,
-    )
-    return _evaluate(Rule(SEMIHARD), True, args)
+    return _evaluate(SEMIHARD, True, **locals())
 
 
 @_document(extra=_SOFT)
@@ -249,19 +225,7 @@ def triplet_hard_loss(
     >>> float(semihard_numba.triplet_hard_loss([0, 0], [[0.0, 1.0], [1.0, 0.0]]))
     1.0
     """
-    rule = _hard_rule(soft)
-    args = (
-        labels,
-        embeddings,
-        margin,
-        distance_metric,
-        backend,
-        check_finite,
-        anchors,
-        reduction,
-        return_stats,
-    )
-    return _evaluate(rule, False, args)
+    return _evaluate(HARD, False, **locals())
 
 
 @_document(extra=_SOFT)
@@ -285,19 +249,7 @@ def triplet_hard_loss_and_grad(
     {parameters}
     {returns}
     """
-    rule = _hard_rule(soft)
-    args = (
-        labels,
-        embeddings,
-        margin,
-        distance_metric,
-        backend,
-        check_finite,
-        anchors,
-        reduction,
-        return_stats,
-    )
-    return _evaluate(rule, True, args)
+    return _evaluate(HARD, True, **locals())
 
 
 @_document
@@ -327,18 +279,7 @@ def triplet_batch_all_loss(
     >>> round(float(semihard_numba.triplet_batch_all_loss(labels, x)), 6)  # (0.5 + 2.5) / 2
     1.5
     """
-    args = (
-        labels,
-        embeddings,
-        margin,
-        distance_metric,
-        backend,
-        check_finite,
-        anchors,
-        reduction,
-        return_stats,
-    )
-    return _evaluate(Rule(BATCH_ALL), False, args)
+    return _evaluate(BATCH_ALL, False, **locals())
 
 
 @_document
@@ -361,18 +302,7 @@ def triplet_batch_all_loss_and_grad(
     {parameters}
     {returns}
     """
-    args = (
-        labels,
-        embeddings,
-        margin,
-        distance_metric,
-        backend,
-        check_finite,
-        anchors,
-        reduction,
-        return_stats,
-    )
-    return _evaluate(Rule(BATCH_ALL), True, args)
+    return _evaluate(BATCH_ALL, True, **locals())
 
 
 @_document
@@ -404,18 +334,7 @@ def triplet_all_semihard_loss(
     >>> round(float(semihard_numba.triplet_all_semihard_loss(labels, x)), 6)  # only (0, 1, 2)
     0.5
     """
-    args = (
-        labels,
-        embeddings,
-        margin,
-        distance_metric,
-        backend,
-        check_finite,
-        anchors,
-        reduction,
-        return_stats,
-    )
-    return _evaluate(Rule(ALL_SEMIHARD), False, args)
+    return _evaluate(ALL_SEMIHARD, False, **locals())
 
 
 @_document
@@ -438,18 +357,7 @@ def triplet_all_semihard_loss_and_grad(
     {parameters}
     {returns}
     """
-    args = (
-        labels,
-        embeddings,
-        margin,
-        distance_metric,
-        backend,
-        check_finite,
-        anchors,
-        reduction,
-        return_stats,
-    )
-    return _evaluate(Rule(ALL_SEMIHARD), True, args)
+    return _evaluate(ALL_SEMIHARD, True, **locals())
 
 
 @_document(stats=False, returns=_MINED)

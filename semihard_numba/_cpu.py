@@ -42,7 +42,6 @@ from ._loop import (
     hard_candidate,
     hardest_pair,
     pair_triplets,
-    passing_positives,
     smallest_entry,
 )
 from ._metrics import ANGULAR, PRECOMPUTED, code, distance, pre_distance_gradient
@@ -297,7 +296,7 @@ def _every_triplet_loops(with_sorted_search):
                     if a == p:
                         continue  # positive cannot be the same as the anchor
                     t, c, act, far, passing = pair_triplets(
-                        distances, labels, a, p, margin, rule, epsilon
+                        distances, labels, a, p, margin, rule, epsilon, grad
                     )
                     total, counted = total + t, counted + c
                     active, farther = active + act, farther + far
@@ -306,12 +305,6 @@ def _every_triplet_loops(with_sorted_search):
                     if want_grad:
                         grad[p] += passing
                     k += 1
-                if want_grad and same.shape[0] > 1:
-                    for n in range(N):
-                        if labels[n] != labels[a]:
-                            grad[n] -= passing_positives(
-                                distances, same, a, n, margin, rule, epsilon
-                            )
             totals[i, 0], totals[i, 1], totals[i, 2], totals[i, 3] = total, counted, active, farther
             if want_grad:
                 _to_pre_distance_gradient(distances, grad, metric)

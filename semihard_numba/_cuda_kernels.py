@@ -477,7 +477,7 @@ def every_triplet_kernel(dtype, threads, rule, want_grad, want_values):
             counted = active = farther = 0
             for k in range(t, n_positives, T):  # try this thread's positives for the anchor
                 p = members[first + (k if k < q else k + 1)]  # positive cannot be the anchor
-                triplets = _pair_triplets(distances, codes, a, p, margin, rule, eps)
+                triplets = _pair_triplets(distances, codes, a, p, margin, rule, eps, distances[:0])
                 total += triplets[0]
                 counted += triplets[1]
                 active += triplets[2]

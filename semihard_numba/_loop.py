@@ -136,11 +136,12 @@ def triplet_counts(d_ap, d_an, margin, rule, epsilon):
 
 
 @jit
-def pair_triplets(distances, labels, a, p, margin, rule, epsilon):
+def pair_triplets(distances, labels, a, p, margin, rule, epsilon, grad):
     """The post's loop over the negatives of the pair (a, p) for "batch-all" and "all-semihard":
     (total, counted, active, farther, passing): the sum of the losses l > 0 of the rule's
     triplets, how many count in the mean, how many have l > 0, how many negatives lie strictly
-    farther than p (over every negative), how many pass gradient (`triplet_counts`)."""
+    farther than p (over every negative), how many pass gradient (`triplet_counts`). A grad of
+    the batch's length (empty: none) gets the -1 of every negative whose triplet passes."""
     zero = epsilon - epsilon
     total = 0.0
     counted = active = farther = passing = 0
@@ -156,13 +157,16 @@ def pair_triplets(distances, labels, a, p, margin, rule, epsilon):
             active += 1
         counted += count
         passing += passes
+        if passes and grad.shape[0] > 0:
+            grad[n] -= 1
     return total, counted, active, farther, passing
 
 
 @jit
 def passing_positives(distances, positives, a, n, margin, rule, epsilon):
     """How many of a's positives make a triplet with the negative n that passes gradient: n's
-    share of -1s in the gradient of the rule's sum. positives: a's class, a included (skipped)."""
+    share of -1s in the gradient of the rule's sum. positives: a's class, a included (skipped).
+    For the "cuda" kernel, whose threads split the positives and so cannot share a grad row."""
     passing = 0
     for p in positives:
         if p != a:

@@ -1,10 +1,8 @@
-"""The matrix products behind two choices of the "cpu" backend: ``python -m bench.products``.
+"""The Gram matrix of the "cpu" backend: ``python -m bench.products``.
 
-1. The Gram matrix: NumPy's ``y @ y.T`` (a BLAS syrk plus a mirror copy of its triangle) against
-   the same product as a plain gemm, ``y @ y.copy().T``, over B, D and dtype; this sets
-   `semihard_numba._distances.GRAM_GEMM_MAX_DIM`.
-2. The dense backward: one product S @ x after `_cpu._symmetrize` (S = W + W^T in place) against
-   the two products W @ x and W.T @ x it replaces.
+NumPy's ``y @ y.T`` (a BLAS syrk plus a mirror copy of its triangle) against the same product as a
+plain gemm, ``y @ y.copy().T``, over B, D and dtype; this sets
+`semihard_numba._distances.GRAM_GEMM_MAX_DIM`.
 
 Medians of warm calls, milliseconds, in this process.
 """
@@ -43,24 +41,6 @@ def print_gram_table(shapes, repeats):
             )
 
 
-def print_backward(B, D, repeats):
-    from semihard_numba._cpu import _symmetrize
-
-    rng = np.random.default_rng(0)
-    W = rng.random((B, B)).astype(np.float32)
-    x = rng.random((B, D)).astype(np.float32)
-    _symmetrize(W.copy())  # compile
-    two = median_ms(lambda: W @ x + W.T @ x, repeats)
-    symmetrize = median_ms(
-        lambda: _symmetrize(W), repeats
-    )  # W grows; the time does not depend on it
-    one = median_ms(lambda: W @ x, repeats)
-    print(
-        f"B={B}, D={D}, float32: W @ x + W.T @ x {two:.1f} ms; _symmetrize(W) {symmetrize:.1f} ms, "
-        f"then S @ x {one:.1f} ms"
-    )
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m bench.products", description=__doc__.split("\n\n")[0]
@@ -78,9 +58,6 @@ def main(argv=None):
     ]
     print("Gram matrix, ms:")
     print_gram_table(shapes, a.repeats)
-    print()
-    print("Dense backward:")
-    print_backward(4096, 128, a.repeats)
 
 
 if __name__ == "__main__":

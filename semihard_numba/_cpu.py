@@ -343,40 +343,6 @@ def _sparse_backward(W, y, anchors, self_weight, h):
 _SPARSE_BACKWARD = _serial_and_parallel(_sparse_backward)
 
 
-@jit
-def _add_transposed_tile_row(W, ti, tile):
-    """The tiles (ti, tj >= ti) of W += W.T: each tile pair is read once and written once."""
-    B = W.shape[0]
-    lower = np.empty((tile, tile), dtype=W.dtype)
-    for tj in range(ti, (B + tile - 1) // tile):
-        i0, j0 = ti * tile, tj * tile
-        i1, j1 = min(B, i0 + tile), min(B, j0 + tile)
-        for j in range(j0, j1):  # the mirror tile, read along its rows
-            for i in range(i0, i1):
-                lower[i - i0, j - j0] = W[j, i]
-        for i in range(i0, i1):
-            for j in range(j0, j1):
-                W[i, j] += lower[i - i0, j - j0]
-        if tj != ti:
-            for j in range(j0, j1):
-                for i in range(i0, i1):
-                    W[j, i] = W[i, j]
-
-
-def _symmetrize(W):
-    """W += W.T in place, by 8 x 8 tiles (`python -m bench.products` times it). Iteration h takes
-    tile rows h and n - 1 - h, so all do equal work."""
-    tile = 8
-    n = (W.shape[0] + tile - 1) // tile
-    for h in prange((n + 1) // 2):
-        _add_transposed_tile_row(W, h, tile)
-        if n - 1 - h != h:
-            _add_transposed_tile_row(W, n - 1 - h, tile)
-
-
-_SYMMETRIZE = _serial_and_parallel(_symmetrize)
-
-
 def order_keys(D):
     """Unsigned integers with the order of the floats in D, for a matrix that may hold negative
     values (IEEE 754: set the sign bit of non-negative floats, flip every bit of negative ones;
@@ -530,7 +496,6 @@ def evaluate(batch, rule, want_grad, reduction="mean", **speed_ups):
     mined = _mined_pairs(batch, classes, want_values and rule.name == SEMIHARD)
     values = np.zeros(classes.n_pairs if want_values else 0, dtype=batch.x.dtype)
     h = np.zeros_like(embeddings.y) if want_grad else None
-    whole = anchors.shape[0] == B and rows >= B  # every anchor, in one block: W is square
     for start in range(0, anchors.shape[0], rows):
         stop = min(start + rows, anchors.shape[0])
         block = anchors[start:stop]
@@ -539,7 +504,7 @@ def evaluate(batch, rule, want_grad, reduction="mean", **speed_ups):
         out = _BlockOutputs(want_grad, totals[start:stop], _slice(mined, start, stop), pairs)
         _run_block(batch, rule, classes, embeddings, block, G, keys, key_range, options, out)
         if want_grad:  # G holds the block's rows of dS/dP
-            _accumulate_backward(h, G, embeddings, block, rule, classes, whole, options)
+            _accumulate_backward(h, G, embeddings, block, rule, classes, options)
         del G, keys  # before the next block's: one block in memory at a time
     total, denominator, active, semihard = totals.sum(axis=0)
     stats = TripletStats(classes.n_pairs, int(denominator), int(active), int(semihard))
@@ -556,22 +521,19 @@ def evaluate(batch, rule, want_grad, reduction="mean", **speed_ups):
     return total * scale, stats, grad * grad.dtype.type(scale)
 
 
-def _accumulate_backward(h, W, embeddings, block, rule, classes, whole, options):
+def _accumulate_backward(h, W, embeddings, block, rule, classes, options):
     """h += the gradient's share of the block's rows W of dS/dP: h_a += sum_j W_aj (s y_a - y_j)
     over the block's anchors a, and h_j += sum_a W_aj (s y_j - y_a) over all j; then dS/dx is
     2 h for the squared distances P (s = 1), and -h through the normalisation for the cosine of
     "angular" (s = 0). With the one negative per pair of "semihard" and "hard", W has a few
-    nonzeros per row: walk them. The other rules fill it: BLAS products are cheaper, and with
-    every anchor in one block W + W.T needs one product instead of two."""
+    nonzeros per row: walk them. The other rules fill it: two BLAS products. (Adding W.T to a
+    square W in place to make one product of it was slower here: bench/README.md.)"""
     y = embeddings.y
     B = y.shape[0]
     self_weight = 0.0 if embeddings.metric == ANGULAR else 1.0
     nonzeros = {SEMIHARD: 2 * classes.n_pairs, HARD: 2 * B}.get(rule.name, B * B)
     if nonzeros * options["sparse_backward_max_density"] < B * B:
         _pick(_SPARSE_BACKWARD, B)(W, y, block, self_weight, h)
-    elif whole:
-        _pick(_SYMMETRIZE, B)(W)  # S = W + W.T
-        h += self_weight * W.sum(axis=1)[:, None] * y - W @ y
     else:
         h[block] += self_weight * W.sum(axis=1)[:, None] * y[block] - W @ y
         h += self_weight * W.sum(axis=0)[:, None] * y - W.T @ y[block]

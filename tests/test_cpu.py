@@ -270,12 +270,3 @@ def test_gram_is_x_times_x_transposed(D):
     x = np.random.default_rng(D).standard_normal((300, D)).astype(np.float32)
     exact = x.astype(np.float64) @ x.T.astype(np.float64)
     np.testing.assert_allclose(gram(x), exact, rtol=1e-5, atol=1e-6 * D)  # float32 rounding
-
-
-@pytest.mark.parametrize("twin", [0, 1])  # serial, parallel
-@pytest.mark.parametrize("B", [1, 7, 8, 9, 100, 257])  # one tile, edge tiles, odd tile counts
-def test_symmetrize_adds_the_transpose_in_place(B, twin):
-    W = np.random.default_rng(B).standard_normal((B, B)).astype(np.float32)
-    expected = W + W.T
-    _cpu._SYMMETRIZE[twin](W)
-    np.testing.assert_array_equal(W, expected)

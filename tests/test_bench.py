@@ -1,5 +1,5 @@
 """Smoke tests of the benchmarks: quick mode (what CI runs), the other rules, --classes, the
-"loop" and "torch" implementations and bench.rules on tiny batches; the skip rules and the
+"loop" and "torch" implementations, bench.rules and bench.threads on tiny batches; the skip rules and the
 blocked floor without running anything large.
 
 Nothing here is about speed."""
@@ -196,7 +196,15 @@ def test_rules_table(tmp_path):
         assert "The PyTorch module" in md
 
 
-@pytest.mark.parametrize("module", ["bench", "bench.core_targets", "bench.products", "bench.rules"])
+def test_threads_table():
+    out = _run("bench.threads", "--sizes", "32", "--repeats", "2").stdout
+    rows = [line for line in out.splitlines() if line.startswith("| 32:")]
+    assert len(rows) == 1 and rows[0].count(" ms") == 3, out
+
+
+@pytest.mark.parametrize(
+    "module", ["bench", "bench.core_targets", "bench.products", "bench.rules", "bench.threads"]
+)
 def test_help(module):
     out = subprocess.run(
         [sys.executable, "-m", module, "--help"],

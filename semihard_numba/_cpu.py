@@ -480,32 +480,45 @@ SPEED_UPS = dict(
 )
 
 
+def _run_blocks(batch, rule, want_grad, want_values, options):
+    """Run the rule's kernel over the anchors, block by block, with the gradient's share of each
+    block accumulated before the next block's Gram rows are made. want_values: per-pair results
+    (`MinedPairs` for "semihard", the pairs' sums for the every-triplet rules). Returns (classes,
+    embeddings, totals, mined, values, h), h as `_accumulate_backward` leaves it (None without
+    grad)."""
+    classes = class_tables(batch.codes, batch.anchors)
+    anchors, B = batch.anchors, batch.size
+    embeddings = _Embeddings(batch)
+    integer_keys = options["integer_keys"] and rule.name == SEMIHARD
+    rows = options["rows_per_block"] or block_rows(B, batch.x.dtype.itemsize)
+    totals = np.zeros((anchors.shape[0], 4))
+    mined = _mined_pairs(batch, classes, want_values and rule.name == SEMIHARD)
+    want_pairs = want_values and rule.name not in (SEMIHARD, HARD)
+    values = np.zeros(classes.n_pairs if want_pairs else 0, dtype=batch.x.dtype)
+    h = np.zeros_like(embeddings.y) if want_grad else None
+    for start in range(0, anchors.shape[0], rows):
+        stop = min(start + rows, anchors.shape[0])
+        block = anchors[start:stop]
+        G, keys, key_range = embeddings.rows(block, integer_keys)
+        pairs = (want_pairs, classes.pair_offset[start : stop + 1], values)
+        out = _BlockOutputs(want_grad, totals[start:stop], _slice(mined, start, stop), pairs)
+        _run_block(batch, rule, classes, embeddings, block, G, keys, key_range, options, out)
+        if want_grad:  # G holds the block's rows of dS/dP
+            _accumulate_backward(h, G, embeddings, block, rule, classes, options)
+        del G, keys  # before the next block's: one block in memory at a time
+    return classes, embeddings, totals, mined, values, h
+
+
 def evaluate(batch, rule, want_grad, reduction="mean", **speed_ups):
     """(loss, TripletStats, gradient or None) of `rule` (a `_rules.Rule`) on the batch's anchors;
     with reduction "none", the loss per pair (per anchor for "hard") instead. `speed_ups`
     (`SPEED_UPS`) switch the kernel's speed-ups and set the block, for the tests and the
     benchmark."""
     options = {**SPEED_UPS, **speed_ups}
-    classes = class_tables(batch.codes, batch.anchors)
-    anchors, B = batch.anchors, batch.size
-    embeddings = _Embeddings(batch)
-    integer_keys = options["integer_keys"] and rule.name == SEMIHARD
-    rows = options["rows_per_block"] or block_rows(B, batch.x.dtype.itemsize)
     want_values = reduction == "none" and rule.name != HARD
-    totals = np.zeros((anchors.shape[0], 4))
-    mined = _mined_pairs(batch, classes, want_values and rule.name == SEMIHARD)
-    values = np.zeros(classes.n_pairs if want_values else 0, dtype=batch.x.dtype)
-    h = np.zeros_like(embeddings.y) if want_grad else None
-    for start in range(0, anchors.shape[0], rows):
-        stop = min(start + rows, anchors.shape[0])
-        block = anchors[start:stop]
-        G, keys, key_range = embeddings.rows(block, integer_keys)
-        pairs = (want_values, classes.pair_offset[start : stop + 1], values)
-        out = _BlockOutputs(want_grad, totals[start:stop], _slice(mined, start, stop), pairs)
-        _run_block(batch, rule, classes, embeddings, block, G, keys, key_range, options, out)
-        if want_grad:  # G holds the block's rows of dS/dP
-            _accumulate_backward(h, G, embeddings, block, rule, classes, options)
-        del G, keys  # before the next block's: one block in memory at a time
+    classes, embeddings, totals, mined, values, h = _run_blocks(
+        batch, rule, want_grad, want_values, options
+    )
     total, denominator, active, semihard = totals.sum(axis=0)
     stats = TripletStats(classes.n_pairs, int(denominator), int(active), int(semihard))
     if reduction == "none":  # per pair, or per anchor for "hard"
@@ -541,17 +554,5 @@ def _accumulate_backward(h, W, embeddings, block, rule, classes, options):
 
 def mine(batch, **speed_ups):
     options = {**SPEED_UPS, **speed_ups}
-    classes = class_tables(batch.codes, batch.anchors)
-    embeddings = _Embeddings(batch)
-    mined = _mined_pairs(batch, classes, True)
-    rows = options["rows_per_block"] or block_rows(batch.size, batch.x.dtype.itemsize)
-    totals = np.zeros((batch.anchors.shape[0], 4))
-    for start in range(0, batch.anchors.shape[0], rows):
-        stop = min(start + rows, batch.anchors.shape[0])
-        block = batch.anchors[start:stop]
-        G, keys, key_range = embeddings.rows(block, True)
-        out = _BlockOutputs(False, totals[start:stop], _slice(mined, start, stop), None)
-        _run_block(
-            batch, Rule(SEMIHARD), classes, embeddings, block, G, keys, key_range, options, out
-        )
+    _, _, _, mined, _, _ = _run_blocks(batch, Rule(SEMIHARD), False, True, options)
     return MiningResult(mined.anchor, mined.positive, mined.negative, mined.semihard, mined.loss)

@@ -3,10 +3,13 @@ import os
 
 from hypothesis import settings
 
-# Property tests run many small batches; compiled kernels make the first example slow.
-settings.register_profile("default", deadline=None, max_examples=60)
-settings.register_profile("ci", deadline=None, max_examples=100)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+from tiers import FULL, TIER, TIER_ENV
+
+# Property tests run many small batches; compiled kernels make the first example slow. The quick
+# tier draws fewer examples, the full tier (CI) the full count; HYPOTHESIS_PROFILE overrides.
+settings.register_profile("quick", deadline=None, max_examples=20)
+settings.register_profile("full", deadline=None, max_examples=100)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", TIER))
 
 
 def _cuda_tests_runnable():
@@ -24,8 +27,23 @@ collect_ignore = [] if CUDA_TESTS else ["test_cuda.py"]
 collect_ignore += [] if TORCH_TESTS else ["test_torch.py", "torch_workers.py"]
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", f"full: runs in the full tier only ({TIER_ENV}=full; the quick tier deselects it)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if FULL:
+        return
+    quick = [item for item in items if item.get_closest_marker("full") is None]
+    if len(quick) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in quick])
+        items[:] = quick
+
+
 def pytest_report_header(config):
-    lines = []
+    lines = [f"test tier: {TIER} ({TIER_ENV}=full for every golden case and the slow tests)"]
     if not CUDA_TESTS:
         lines.append(
             "tests/test_cuda.py not collected: no usable GPU; run it under the simulator with "

@@ -31,6 +31,7 @@ def _run(*argv, timeout=300):
     return out
 
 
+@pytest.mark.full  # slow: the full tier (tests/tiers.py)
 def test_quick_mode_runs_and_writes_results(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
@@ -120,6 +121,7 @@ def _rows(path):
         return [r for r in csv.DictReader(f)]
 
 
+@pytest.mark.full  # slow: the full tier (tests/tiers.py)
 def test_other_rule_with_classes(tmp_path):
     """--rule batch-all --classes 2: every implementation agrees with "cpu" of that rule, and the
     results go to their own files. At B = 64, 2 classes of 32, "cpu" takes its sorted search and
@@ -153,6 +155,7 @@ def test_other_rule_with_classes(tmp_path):
     assert "| loop |" in md
 
 
+@pytest.mark.full  # slow: the full tier (tests/tiers.py)
 def test_hard_soft_and_the_unavailable_peers(tmp_path):
     """--rule hard-soft: TFA's soft hard loss; a peer without that rule is reported, not run."""
     impls = ["cpu", "loop", "pml"] + (["torch"] if HAS_TORCH else [])
@@ -168,6 +171,7 @@ def test_hard_soft_and_the_unavailable_peers(tmp_path):
     assert len({r["cpu_loss"] for r in ok}) == 1 and float(ok[0]["cpu_loss"]) > 0
 
 
+@pytest.mark.full  # slow: the full tier (tests/tiers.py)
 def test_rules_table(tmp_path):
     """python -m bench.rules on one tiny size: a row for every rule, shape and peer; the peers
     that are not installed say so."""

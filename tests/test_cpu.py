@@ -79,6 +79,7 @@ print(repr(float(loss)), repr(float(np.abs(grad).sum())))
 """
 
 
+@pytest.mark.full  # slow: the full tier (tests/tiers.py)
 def test_on_disk_cache_serves_processes_with_another_thread_count(tmp_path):
     """The kernels are cached: compile with 2 threads, then load with 1 and with 2. Serial and
     parallel twins have index files of their own (Numba keys its cache on the name only)."""

@@ -26,6 +26,7 @@ MISSING = nvvm_missing()
 
 
 @pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
+@pytest.mark.full  # slow: the full tier (tests/tiers.py)
 def test_every_kernel_compiles_to_ptx():
     run = subprocess.run(
         [sys.executable, os.path.join("bench", "gpu_check.py"), "--ptx"],

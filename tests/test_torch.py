@@ -250,7 +250,12 @@ def _spawn(worker, world, tmp_path, *args):
 
 
 @pytest.mark.parametrize(
-    "sizes", [[5, 9], [6, 1, 4], [0, 8]], ids=["2 processes", "3 processes", "an empty rank"]
+    "sizes",
+    [
+        pytest.param([5, 9], id="2 processes", marks=pytest.mark.full),
+        pytest.param([6, 1, 4], id="3 processes"),
+        pytest.param([0, 8], id="an empty rank", marks=pytest.mark.full),
+    ],
 )
 def test_gather_across_processes(sizes, tmp_path):
     _spawn(torch_workers.loss_and_rows, len(sizes), tmp_path, sizes)
@@ -260,10 +265,12 @@ def test_distributed_data_parallel_gradients_equal_one_process(tmp_path):
     _spawn(torch_workers.ddp_parameters, 2, tmp_path, [7, 4])
 
 
+@pytest.mark.full  # slow: the full tier (tests/tiers.py)
 def test_inconsistent_input_on_one_rank_raises_on_every_rank(tmp_path):
     _spawn(torch_workers.inconsistent_input, 3, tmp_path, 1)
 
 
+@pytest.mark.full  # slow: the full tier (tests/tiers.py)
 def test_ddp_example_trains_with_torchrun():
     """examples/train_ddp.py as the README runs it, two processes on CPU."""
     script = Path(__file__).resolve().parents[1] / "examples" / "train_ddp.py"

@@ -16,17 +16,24 @@ if TIER not in ("quick", "full"):
 FULL = TIER == "full"
 
 
-def golden_sample(cases):
-    """Every case in the full tier. In the quick tier: per (kind, metric, soft), its smallest
-    batch, and the largest batch of all: every kind of input and every metric, each at least
-    once, at a fraction of the cost."""
+def golden_sample(cases, largest=True):
+    """Every case in the full tier. In the quick tier, for each reference function: per (kind,
+    metric, soft) its smallest batch, and (with `largest`) the largest batch of all; plus the
+    cases where we test against our own reference (`golden.py`). Every kind of input and every
+    metric of every reference, each at least once, at a fraction of the cost."""
     if FULL:
         return list(cases)
-    chosen = {}
-    for case in cases:
-        key = (case.kind, case.metric, case.soft)
-        if key not in chosen or len(case.labels) < len(chosen[key].labels):
-            chosen[key] = case
-    largest = max(cases, key=lambda case: len(case.labels))
-    kept = {case.case for case in chosen.values()} | {largest.case}
-    return [case for case in cases if case.case in kept]
+    from golden import TF_SOFTPLUS_OVERFLOW_CASES, TF_TIE_LEAK_CASE, TORCH_ROUNDING_CASES
+
+    special = {TF_TIE_LEAK_CASE, *TF_SOFTPLUS_OVERFLOW_CASES, *TORCH_ROUNDING_CASES}
+    kept = set()
+    for function in {case.function for case in cases}:
+        own = [case for case in cases if case.function == function]
+        smallest = {}
+        for case in own:
+            key = (case.kind, case.metric, case.soft)
+            if key not in smallest or len(case.labels) < len(smallest[key].labels):
+                smallest[key] = case
+        biggest = [max(own, key=lambda case: len(case.labels))] if largest else []
+        kept |= {(function, case.case) for case in [*smallest.values(), *biggest]}
+    return [case for case in cases if (case.function, case.case) in kept or case.case in special]

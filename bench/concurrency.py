@@ -3,9 +3,10 @@
 Numba's "workqueue" threading layer aborts the process when a second thread enters a parallel
 region, so on that layer `_cpu` lets one thread at a time into one. A thread that finds it taken
 can wait for it ("wait") or run the kernel's serial twin ("serial twin", what the library does).
-Each (layer, choice) runs in its own process (the layer is fixed at the first parallel region):
-THREADS threads each make CALLS calls of the semi-hard loss with gradient, and the wall time of
-the whole run, per call, is printed beside one thread's back-to-back calls on the same layer.
+Each layer runs in its own process (the layer is fixed at the first parallel region), where
+workqueue's two choices alternate round by round: THREADS threads each make CALLS calls of the
+semi-hard loss with gradient, and the wall time of the whole run, per call, is printed beside one
+thread's back-to-back calls on the same layer.
 """
 
 import argparse
@@ -18,7 +19,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNS = [("omp", "library"), ("tbb", "library"), ("workqueue", "serial twin"), ("workqueue", "wait")]
+LAYERS = ["omp", "tbb", "workqueue"]
 
 
 def _wait_for_the_region(serial, parallel, *args):
@@ -28,14 +29,18 @@ def _wait_for_the_region(serial, parallel, *args):
         return parallel(*args)
 
 
-def measure(choice, B, threads, calls, rounds):
-    """{"one thread": ms per call, "threads": ms per call}, medians over `rounds`."""
+def measure(layer, B, threads, calls, rounds):
+    """{choice: {"one thread": ms per call, "threads": ms per call}}, medians over `rounds`.
+    On workqueue both choices alternate round by round in this one process, so that they meet
+    the same machine."""
     import semihard_numba as sn
     from semihard_numba import _cpu
     from semihard_numba._batches import clustered_batch
 
-    if choice == "wait":
-        _cpu._one_parallel_region_at_a_time = _wait_for_the_region
+    library = _cpu._one_parallel_region_at_a_time
+    choices = {"serial twin": library, "wait": _wait_for_the_region}
+    if layer != "workqueue":
+        choices = {"library": library}
     labels, x = clustered_batch(B, 4, 128)[:2]
 
     def work():
@@ -43,20 +48,26 @@ def measure(choice, B, threads, calls, rounds):
             sn.triplet_semihard_loss_and_grad(labels, x, backend="cpu")
 
     work()  # compile or load, and choose the layer
-    alone, together = [], []
+    times = {choice: ([], []) for choice in choices}
     for _ in range(rounds):
-        start = time.perf_counter()
-        work()
-        alone.append((time.perf_counter() - start) / calls)
-        pool = [threading.Thread(target=work) for _ in range(threads)]
-        start = time.perf_counter()
-        for thread in pool:
-            thread.start()
-        for thread in pool:
-            thread.join()
-        together.append((time.perf_counter() - start) / (threads * calls))
-    ms = {"one thread": statistics.median(alone), "threads": statistics.median(together)}
-    return {name: 1e3 * value for name, value in ms.items()}
+        for choice, guard in choices.items():
+            _cpu._one_parallel_region_at_a_time = guard
+            alone, together = times[choice]
+            start = time.perf_counter()
+            work()
+            alone.append((time.perf_counter() - start) / calls)
+            pool = [threading.Thread(target=work) for _ in range(threads)]
+            start = time.perf_counter()
+            for thread in pool:
+                thread.start()
+            for thread in pool:
+                thread.join()
+            together.append((time.perf_counter() - start) / (threads * calls))
+    return {
+        choice: {"one thread": 1e3 * statistics.median(alone),
+                 "threads": 1e3 * statistics.median(together)}
+        for choice, (alone, together) in times.items()
+    }
 
 
 def _child_env(layer):
@@ -77,28 +88,27 @@ def main(argv=None):
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        choice, B = args.child[0], int(args.child[1])
-        print(json.dumps(measure(choice, B, args.threads, args.calls, args.rounds)))
+        layer, B = args.child[0], int(args.child[1])
+        print(json.dumps(measure(layer, B, args.threads, args.calls, args.rounds)))
         return
     print(f"{args.threads} threads x {args.calls} calls of the semi-hard loss and gradient, ms per "
-          f"call (medians of {args.rounds} rounds), each row in its own process")
+          f"call (medians of {args.rounds} rounds), each layer in its own process")
     print("| layer | a busy region | B | one thread | threads | threads / one |")
     print("|---|---|---:|---:|---:|---:|")
     for B in args.sizes:
-        for layer, choice in RUNS:
+        for layer in LAYERS:
             out = subprocess.run(
-                [sys.executable, "-m", "bench.concurrency", "--child", choice, str(B),
+                [sys.executable, "-m", "bench.concurrency", "--child", layer, str(B),
                  "--threads", str(args.threads), "--calls", str(args.calls),
                  "--rounds", str(args.rounds)],
                 cwd=ROOT, env=_child_env(layer), capture_output=True, text=True,
             )
             if out.returncode:
-                print(f"| {layer} | {choice} | {B} | failed: {out.stderr.strip().splitlines()[-1]} |")
+                print(f"| {layer} | | {B} | failed: {out.stderr.strip().splitlines()[-1]} |")
                 continue
-            ms = json.loads(out.stdout.splitlines()[-1])
-            print(f"| {layer} | {choice} | {B} | {ms['one thread']:.1f} | {ms['threads']:.1f} | "
-                  f"{ms['threads'] / ms['one thread']:.2f} |")
-
+            for choice, ms in json.loads(out.stdout.splitlines()[-1]).items():
+                print(f"| {layer} | {choice} | {B} | {ms['one thread']:.1f} | "
+                      f"{ms['threads']:.1f} | {ms['threads'] / ms['one thread']:.2f} |")
 
 if __name__ == "__main__":
     main()

@@ -19,16 +19,7 @@ import numpy as np  # noqa: E402
 
 import semihard_numba as sn  # noqa: E402
 
-FUNCTIONS = [
-    sn.triplet_semihard_loss,
-    sn.triplet_semihard_loss_and_grad,
-    sn.triplet_hard_loss,
-    sn.triplet_hard_loss_and_grad,
-    sn.triplet_batch_all_loss,
-    sn.triplet_batch_all_loss_and_grad,
-    sn.triplet_all_semihard_loss,
-    sn.triplet_all_semihard_loss_and_grad,
-]
+FUNCTIONS = [getattr(sn, name) for name in sn.__all__ if name.startswith("triplet_")]
 
 
 def _as_arrays(result):

@@ -11,20 +11,8 @@ import pytest
 
 import semihard_numba as sn
 from conftest import CUDA_TESTS, TORCH_TESTS
+from test_inputs import FUNCTIONS, LABELS, X
 
-LABELS = np.array([0, 0, 1, 1, 2, 2])
-X = np.random.default_rng(0).standard_normal((6, 3))
-LOSSES = [
-    sn.triplet_semihard_loss,
-    sn.triplet_semihard_loss_and_grad,
-    sn.triplet_hard_loss,
-    sn.triplet_hard_loss_and_grad,
-    sn.triplet_batch_all_loss,
-    sn.triplet_batch_all_loss_and_grad,
-    sn.triplet_all_semihard_loss,
-    sn.triplet_all_semihard_loss_and_grad,
-]
-FUNCTIONS = [*LOSSES, sn.mine_semihard]
 NAN_ROW = X.copy()
 NAN_ROW[3, 1] = np.nan
 

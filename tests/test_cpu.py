@@ -187,6 +187,26 @@ def test_large_class_searches_match_the_post_loop(negatives):
         )
 
 
+@pytest.mark.parametrize("rule", ["semihard", "batch-all", "all-semihard"])
+@pytest.mark.parametrize("override", [None, 5])  # the rule's own threshold / SPEED_UPS's
+def test_each_rule_sorts_from_its_own_threshold(rule, override, monkeypatch):
+    # Two classes of k: k - 1 positives per anchor. The kernel set picked says which path ran.
+    threshold = override if override is not None else _cpu.SORTED_SEARCH_MIN_POSITIVES[rule]
+    loops = _cpu._SEMIHARD_LOOPS if rule == "semihard" else _cpu._EVERY_TRIPLET_LOOPS
+    picked, pick = [], _cpu._pick
+
+    def recording(kernels, batch_size):
+        picked.append(kernels)
+        return pick(kernels, batch_size)
+
+    monkeypatch.setattr(_cpu, "_pick", recording)
+    x = np.random.default_rng(0).standard_normal((2 * (threshold + 1), 8)).astype(np.float32)
+    for k, sorts in ((threshold, False), (threshold + 1, True)):
+        batch = host_batch(np.repeat([0, 1], k), x[: 2 * k], 1.0, "L2")
+        cpu_paths.loss(batch, rule, sorted_search_min_positives=override)
+        assert picked[-1] is loops[sorts], (k, threshold)
+
+
 @pytest.mark.parametrize("scale", [1e-300, 1e-307, 1e-320])  # tiny spans of keys
 def test_large_class_search_with_tiny_distances(scale):
     from semihard_numba._distances import pairwise_distances

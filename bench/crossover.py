@@ -4,10 +4,11 @@ An anchor with at least `_cpu.SORTED_SEARCH_MIN_POSITIVES[rule]` positives sorts
 (`_sorted_search`) instead of running the post's loop for each positive. For each rule that has the
 choice ("semihard", "batch-all", "all-semihard"), each batch size and each class size k (k - 1
 positives per anchor), float32, D = 128, clustered batches, this times the "cpu" loss with its
-gradient (`_cpu.evaluate`) with the sorted search forced off (sorted_search_min_positives=10**9)
-and forced on (0). The two run interleaved, the order reversed every other round, after two
-warm-up calls each; printed are the medians and the median of the per-round ratios off / on
-(above 1: the sorted search is faster), so a load spike on a shared machine hits both alike.
+gradient (`_cpu.evaluate`; --no-grad: the loss alone) with the sorted search forced off
+(sorted_search_min_positives=10**9) and forced on (0). The two run interleaved, the order
+reversed every other round, after two warm-up calls each; printed are the medians and the median
+of the per-round ratios off / on (above 1: the sorted search is faster), so a load spike on a
+shared machine hits both alike.
 
 The suggested threshold of a rule is the positives of the smallest k from which the sorted search
 wins at every larger measured k, at every batch size.
@@ -34,7 +35,7 @@ def _timed(fn):
     return time.perf_counter() - start
 
 
-def measure(rule, batch_size, per_class, rounds, dim=128):
+def measure(rule, batch_size, per_class, rounds, want_grad=True, dim=128):
     """{"off_ms", "on_ms", "ratio"} for one rule and batch shape."""
     from semihard_numba import _cpu
     from semihard_numba._batches import clustered_batch
@@ -43,7 +44,7 @@ def measure(rule, batch_size, per_class, rounds, dim=128):
 
     batch = host_batch(*clustered_batch(batch_size, per_class, dim), 1.0, "L2")
     variants = {
-        name: (lambda s=s: _cpu.evaluate(batch, Rule(rule), True, sorted_search_min_positives=s))
+        name: lambda s=s: _cpu.evaluate(batch, Rule(rule), want_grad, sorted_search_min_positives=s)
         for name, s in (("off", NEVER), ("on", ALWAYS))
     }
     for _ in range(2):  # compile or load, and warm the caches
@@ -58,6 +59,14 @@ def measure(rule, batch_size, per_class, rounds, dim=128):
         "on_ms": statistics.median(times["on"]) * 1e3,
         "ratio": statistics.median([f / n for f, n in zip(times["off"], times["on"])]),
     }
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def suggested(rows):
@@ -97,17 +106,20 @@ def main(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
     p.add_argument("--per-class", type=int, nargs="+", default=[4, 8, 12, 16, 24, 32, 48])
     p.add_argument("--rounds", type=int, default=7, help="timed rounds per case (default 7)")
+    p.add_argument("--no-grad", action="store_true", help="time the loss alone")
     p.add_argument("--out", help="also write the results as JSON here")
     a = p.parse_args(argv)
 
     from semihard_numba import _cpu
 
-    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores")
+    load = tuple(round(x, 2) for x in os.getloadavg())
+    print(f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores; load average {load}")
     rows = []
     for rule in a.rules:
         for B in a.sizes:
             for k in a.per_class:
-                row = {"rule": rule, "B": B, "per_class": k, **measure(rule, B, k, a.rounds)}
+                times = measure(rule, B, k, a.rounds, not a.no_grad)
+                row = {"rule": rule, "B": B, "per_class": k, **times}
                 rows.append(row)
                 print(
                     f"{rule:>12} B={B:<5} k={k:<3} loop {row['off_ms']:8.1f} ms  "
@@ -115,12 +127,14 @@ def main(argv=None):
                     flush=True,
                 )
     results = {
+        "what": "loss" if a.no_grad else "loss and gradient",
         "rounds": a.rounds,
         "rows": rows,
         "suggested": {r: suggested([x for x in rows if x["rule"] == r]) for r in a.rules},
         "current": {r: _cpu.SORTED_SEARCH_MIN_POSITIVES[r] for r in a.rules},
     }
-    print()
+    load = tuple(round(x, 2) for x in os.getloadavg())
+    print(f"\n{results['what']}; load average at the end {load}\n")
     print(table(results))
     if a.out:
         with open(a.out, "w") as f:

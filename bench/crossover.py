@@ -127,11 +127,12 @@ def main(argv=None):
                     flush=True,
                 )
     results = {
+        "cpu": _cpu_name(),
         "what": "loss" if a.no_grad else "loss and gradient",
         "rounds": a.rounds,
         "rows": rows,
         "suggested": {r: suggested([x for x in rows if x["rule"] == r]) for r in a.rules},
-        "current": {r: _cpu.SORTED_SEARCH_MIN_POSITIVES[r] for r in a.rules},
+        "current": {r: _cpu.SORTED_SEARCH_MIN_POSITIVES[r][not a.no_grad] for r in a.rules},
     }
     load = tuple(round(x, 2) for x in os.getloadavg())
     print(f"\n{results['what']}; load average at the end {load}\n")

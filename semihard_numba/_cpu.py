@@ -7,10 +7,10 @@ kernel runs the post's loops over them: every anchor turns its own row into dist
 itself, each positive's negative coming from the post's search (`_loop.choose_negative`);
 "batch-all" and "all-semihard" loop over the negatives of every positive (`_loop.pair_triplets`);
 "hard" needs one pass over the row (`_loop.hardest_pair`). An anchor with at least
-SORTED_SEARCH_MIN_POSITIVES[rule] positives sorts its negatives once instead (`_sorted_search`);
-each rule's threshold is measured (`python -m bench.crossover`). No two threads touch the same
-row, and each anchor's sums go to their own slots, added in a fixed order after the kernel, so the
-result does not depend on the thread count.
+SORTED_SEARCH_MIN_POSITIVES positives (measured per rule, with and without the gradient:
+`python -m bench.crossover`) sorts its negatives once instead (`_sorted_search`). No two threads
+touch the same row, and each anchor's sums go to their own slots, added in a fixed order after the
+kernel, so the result does not depend on the thread count.
 
 A block holds as many anchors as fit in `_distances.block_bytes()` (SEMIHARD_NUMBA_BLOCK_BYTES,
 1 GiB by default) beside their B columns: memory beyond the input is O(block x B), never O(B^2)
@@ -62,10 +62,11 @@ from ._rules import (
 from ._sorted_search import BUCKET_MAX, every_triplet, semihard_negatives
 
 # An anchor with at least this many positives sorts its negatives instead of running the post's
-# loop for each positive: about where the two cost the same, measured per rule by
-# `python -m bench.crossover` (bench/README.md, "Sorted-search crossover"). "hard" makes one pass
-# over the row whatever the class size, and has no such choice.
-SORTED_SEARCH_MIN_POSITIVES = {SEMIHARD: 24, BATCH_ALL: 24, ALL_SEMIHARD: 24}
+# loop for each positive: (loss alone, loss with gradient) per rule, about where the two cost the
+# same as measured by `python -m bench.crossover` (bench/README.md, "Sorted-search crossover").
+# With the gradient, "semihard" crosses over at fewer positives than without (measured, both
+# batch sizes). "hard" makes one pass over the row and has no such choice.
+SORTED_SEARCH_MIN_POSITIVES = {SEMIHARD: (23, 15), BATCH_ALL: (11, 11), ALL_SEMIHARD: (11, 11)}
 
 # Smaller batches run on the serial twins (bench/README.md, "Threads").
 SERIAL_MAX_BATCH = 1024
@@ -456,7 +457,7 @@ def _run_block(batch, rule, classes, embeddings, block, G, keys, key_range, opti
     members = (classes.members, classes.start)
     threshold = options["sorted_search_min_positives"]
     if threshold is None:  # the rule's own ("hard" never reads it)
-        threshold = SORTED_SEARCH_MIN_POSITIVES.get(rule.name, 0)
+        threshold = SORTED_SEARCH_MIN_POSITIVES.get(rule.name, (0, 0))[out.want_grad]
     search = (threshold, options["bucket_max"])
     with_sorted_search = bool((classes.counts[classes.counts < B] > search[0]).any())
     if rule.name == SEMIHARD:

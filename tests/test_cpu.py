@@ -18,6 +18,7 @@ from semihard_numba import _cpu
 from semihard_numba._batches import clustered_batch
 from semihard_numba._cache import SOURCES
 from semihard_numba._inputs import host_batch
+from semihard_numba._rules import Rule
 from semihard_numba._sorted_search import semihard_negatives
 
 from cpu_paths import LINEAR, SORTED
@@ -188,10 +189,12 @@ def test_large_class_searches_match_the_post_loop(negatives):
 
 
 @pytest.mark.parametrize("rule", ["semihard", "batch-all", "all-semihard"])
+@pytest.mark.parametrize("want_grad", [False, True])
 @pytest.mark.parametrize("override", [None, 5])  # the rule's own threshold / SPEED_UPS's
-def test_each_rule_sorts_from_its_own_threshold(rule, override, monkeypatch):
+def test_each_rule_sorts_from_its_own_threshold(rule, want_grad, override, monkeypatch):
     # Two classes of k: k - 1 positives per anchor. The kernel set picked says which path ran.
-    threshold = override if override is not None else _cpu.SORTED_SEARCH_MIN_POSITIVES[rule]
+    own = _cpu.SORTED_SEARCH_MIN_POSITIVES[rule][want_grad]
+    threshold = own if override is None else override
     loops = _cpu._SEMIHARD_LOOPS if rule == "semihard" else _cpu._EVERY_TRIPLET_LOOPS
     picked, pick = [], _cpu._pick
 
@@ -203,7 +206,7 @@ def test_each_rule_sorts_from_its_own_threshold(rule, override, monkeypatch):
     x = np.random.default_rng(0).standard_normal((2 * (threshold + 1), 8)).astype(np.float32)
     for k, sorts in ((threshold, False), (threshold + 1, True)):
         batch = host_batch(np.repeat([0, 1], k), x[: 2 * k], 1.0, "L2")
-        cpu_paths.loss(batch, rule, sorted_search_min_positives=override)
+        _cpu.evaluate(batch, Rule(rule), want_grad, sorted_search_min_positives=override)
         assert picked[-1] is loops[sorts], (k, threshold)
 
 

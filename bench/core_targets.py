@@ -11,7 +11,8 @@ float32, D=128, clustered batches (`semihard_numba._batches`), in this process u
 3. what the kernel's speed-ups buy, same kind of rounds: the post's loop on integer keys against
    the same loop on the float distances (4 per class), the bucket sort against np.argsort in the
    sorted search (2 classes of 2048), and the post's loop against the sorted search over class
-   sizes (the threshold `_cpu.SORTED_SEARCH_MIN_POSITIVES`);
+   sizes (the semi-hard loss alone; `python -m bench.crossover` measures every rule's threshold,
+   `_cpu.SORTED_SEARCH_MIN_POSITIVES`);
 4. peak extra memory at B=16384, in a fresh process per case: the resident high-water mark (VmHWM,
    reset through /proc/self/clear_refs) minus the resident size just before the call, after a
    small warm-up call has loaded the compiled kernels (tracemalloc does not see Numba's

@@ -7,9 +7,10 @@ kernel runs the post's loops over them: every anchor turns its own row into dist
 itself, each positive's negative coming from the post's search (`_loop.choose_negative`);
 "batch-all" and "all-semihard" loop over the negatives of every positive (`_loop.pair_triplets`);
 "hard" needs one pass over the row (`_loop.hardest_pair`). An anchor with at least
-SORTED_SEARCH_MIN_POSITIVES positives sorts its negatives once instead (`_sorted_search`). No two
-threads touch the same row, and each anchor's sums go to their own slots, added in a fixed order
-after the kernel, so the result does not depend on the thread count.
+SORTED_SEARCH_MIN_POSITIVES positives (measured per rule, with and without the gradient:
+`python -m bench.crossover`) sorts its negatives once instead (`_sorted_search`). No two threads
+touch the same row, and each anchor's sums go to their own slots, added in a fixed order after the
+kernel, so the result does not depend on the thread count.
 
 A block holds as many anchors as fit in `_distances.block_bytes()` (SEMIHARD_NUMBA_BLOCK_BYTES,
 1 GiB by default) beside their B columns: memory beyond the input is O(block x B), never O(B^2)
@@ -49,12 +50,23 @@ from ._loop import (
 )
 from ._metrics import ANGULAR, PRECOMPUTED, code, distance, pre_distance_gradient
 from ._mining import MiningResult
-from ._rules import BATCH_ALL_EPSILON, HARD, SEMIHARD, Rule, TripletStats
+from ._rules import (
+    ALL_SEMIHARD,
+    BATCH_ALL,
+    BATCH_ALL_EPSILON,
+    HARD,
+    SEMIHARD,
+    Rule,
+    TripletStats,
+)
 from ._sorted_search import BUCKET_MAX, every_triplet, semihard_negatives
 
 # An anchor with at least this many positives sorts its negatives instead of running the post's
-# loop for each positive: about where the two cost the same (bench/README.md, "Core targets").
-SORTED_SEARCH_MIN_POSITIVES = 24
+# loop for each positive: (loss alone, loss with gradient) per rule, about where the two cost the
+# same as measured by `python -m bench.crossover` (bench/README.md, "Sorted-search crossover").
+# With the gradient, "semihard" crosses over at fewer positives than without (measured, both
+# batch sizes). "hard" makes one pass over the row and has no such choice.
+SORTED_SEARCH_MIN_POSITIVES = {SEMIHARD: (23, 15), BATCH_ALL: (11, 11), ALL_SEMIHARD: (11, 11)}
 
 # Smaller batches run on the serial twins (bench/README.md, "Threads").
 SERIAL_MAX_BATCH = 1024
@@ -443,7 +455,10 @@ def _run_block(batch, rule, classes, embeddings, block, G, keys, key_range, opti
     B = batch.size
     metric, margin = embeddings.metric, batch.x.dtype.type(batch.margin)
     members = (classes.members, classes.start)
-    search = (options["sorted_search_min_positives"], options["bucket_max"])
+    threshold = options["sorted_search_min_positives"]
+    if threshold is None:  # the rule's own ("hard" never reads it)
+        threshold = SORTED_SEARCH_MIN_POSITIVES.get(rule.name, (0, 0))[out.want_grad]
+    search = (threshold, options["bucket_max"])
     with_sorted_search = bool((classes.counts[classes.counts < B] > search[0]).any())
     if rule.name == SEMIHARD:
         kernel = _pick(_SEMIHARD_LOOPS[with_sorted_search], B)
@@ -507,7 +522,7 @@ def _slice(mined, start, stop):
 
 
 SPEED_UPS = dict(
-    sorted_search_min_positives=SORTED_SEARCH_MIN_POSITIVES,
+    sorted_search_min_positives=None,  # None: the rule's SORTED_SEARCH_MIN_POSITIVES; a number: all
     bucket_max=BUCKET_MAX,
     integer_keys=True,
     sparse_backward_max_density=SPARSE_BACKWARD_MAX_DENSITY,

@@ -206,8 +206,31 @@ def test_threads_table():
     assert len(rows) == 1 and rows[0].count(" ms") == 3, out
 
 
+def test_crossover_table(tmp_path):
+    out = tmp_path / "crossover.json"
+    argv = ["--sizes", "32", "--per-class", "2", "16", "--rounds", "1", "--out", str(out)]
+    printed = _run("bench.crossover", *argv).stdout
+    data = json.loads(out.read_text())
+    rules = ["semihard", "batch-all", "all-semihard"]
+    assert [(r["rule"], r["per_class"]) for r in data["rows"]] == [
+        (rule, k) for rule in rules for k in (2, 16)
+    ]
+    assert all(r["off_ms"] > 0 and r["on_ms"] > 0 for r in data["rows"])
+    assert set(data["suggested"]) == set(rules)
+    assert data["suggested"]["semihard"] in (None, 1, 15)  # a measured k - 1, or none
+    assert printed.count("| semihard | 32 |") == 2
+
+
 @pytest.mark.parametrize(
-    "module", ["bench", "bench.core_targets", "bench.products", "bench.rules", "bench.threads"]
+    "module",
+    [
+        "bench",
+        "bench.core_targets",
+        "bench.crossover",
+        "bench.products",
+        "bench.rules",
+        "bench.threads",
+    ],
 )
 def test_help(module):
     out = subprocess.run(

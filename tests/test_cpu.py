@@ -18,6 +18,7 @@ from semihard_numba import _cpu
 from semihard_numba._batches import clustered_batch
 from semihard_numba._cache import SOURCES
 from semihard_numba._inputs import host_batch
+from semihard_numba._rules import Rule
 from semihard_numba._sorted_search import semihard_negatives
 
 from cpu_paths import LINEAR, SORTED
@@ -185,6 +186,28 @@ def test_large_class_searches_match_the_post_loop(negatives):
             getattr(cpu_paths.mine(batch, sorted_search_min_positives=SORTED), field),
             getattr(cpu_paths.mine(batch, sorted_search_min_positives=LINEAR), field),
         )
+
+
+@pytest.mark.parametrize("rule", ["semihard", "batch-all", "all-semihard"])
+@pytest.mark.parametrize("want_grad", [False, True])
+@pytest.mark.parametrize("override", [None, 5])  # the rule's own threshold / SPEED_UPS's
+def test_each_rule_sorts_from_its_own_threshold(rule, want_grad, override, monkeypatch):
+    # Two classes of k: k - 1 positives per anchor. The kernel set picked says which path ran.
+    own = _cpu.SORTED_SEARCH_MIN_POSITIVES[rule][want_grad]
+    threshold = own if override is None else override
+    loops = _cpu._SEMIHARD_LOOPS if rule == "semihard" else _cpu._EVERY_TRIPLET_LOOPS
+    picked, pick = [], _cpu._pick
+
+    def recording(kernels, batch_size):
+        picked.append(kernels)
+        return pick(kernels, batch_size)
+
+    monkeypatch.setattr(_cpu, "_pick", recording)
+    x = np.random.default_rng(0).standard_normal((2 * (threshold + 1), 8)).astype(np.float32)
+    for k, sorts in ((threshold, False), (threshold + 1, True)):
+        batch = host_batch(np.repeat([0, 1], k), x[: 2 * k], 1.0, "L2")
+        _cpu.evaluate(batch, Rule(rule), want_grad, sorted_search_min_positives=override)
+        assert picked[-1] is loops[sorts], (k, threshold)
 
 
 @pytest.mark.parametrize("scale", [1e-300, 1e-307, 1e-320])  # tiny spans of keys

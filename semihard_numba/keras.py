@@ -8,7 +8,8 @@ drop-in replacement for ``tfa.losses.TripletSemiHardLoss`` and ``TripletHardLoss
 They run on the TensorFlow, JAX and torch backends of Keras (`semihard_numba.tensorflow`,
 `semihard_numba.jax`, `semihard_numba.torch` underneath: one host call computes the loss and its
 gradient, the backend's autodiff scales that gradient). Labels come as Keras passes them: (B,) or
-(B, 1), integer or float. The model's output must be (B, D) embeddings; the loss is the rule's
+(B, 1), integer or float, and keep their dtype (no cast to float32, which would merge class ids
+above 2**24). The model's output must be (B, D) embeddings; the loss is the rule's
 mean over the whole batch, one scalar per batch.
 
 - ``sample_weight`` (and ``class_weight``, which Keras turns into it) is refused with a
@@ -92,7 +93,12 @@ class TripletLoss(keras.losses.Loss):
     def __call__(self, y_true, y_pred, sample_weight=None):
         if sample_weight is not None:
             raise ValueError(SAMPLE_WEIGHT_ERROR.format(name=type(self).__name__))
-        return super().__call__(y_true, y_pred)
+        with keras.name_scope(self.name):
+            # labels keep their dtype (Keras's Loss would cast them to float32, which merges
+            # distinct class ids above 2**24); the embeddings take the loss's dtype, float32
+            y_true = keras.ops.convert_to_tensor(y_true)
+            y_pred = keras.ops.convert_to_tensor(y_pred, dtype=self.dtype)
+            return self.call(y_true, y_pred)
 
     def call(self, y_true, y_pred):
         backend = keras.backend.backend()

@@ -214,3 +214,24 @@ def test_bad_input():
     net.compile(optimizer="sgd", loss=snk.TripletSemiHardLoss())
     with pytest.raises(ValueError, match=r"shape \(B, D\)"):
         net.fit(np.zeros((24, 4, 6), np.float32), labels, verbose=0)
+
+
+@pytest.mark.usefixtures("fresh_session")
+def test_the_example_trains(tmp_path, capsys):
+    """examples/train_keras.py, shortened: the held-out loss falls and the 1-NN accuracy rises
+    (over seeds 0-3 on each backend, 40 steps take it from 0.98-0.99 to 0.88-0.92 and the
+    accuracy from 0.85-0.90 to 0.93-0.96)."""
+    pytest.importorskip("sklearn", reason="the example needs scikit-learn")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "train_keras.py"
+    spec = importlib.util.spec_from_file_location("train_keras", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(["--epochs", "2", "--steps", "20", "--no-plot"])
+    assert len(result.batch_losses) == 40
+    assert result.final_loss < result.initial_loss - 0.05
+    assert result.final_accuracy > result.initial_accuracy
+    printed = capsys.readouterr().out
+    assert "before:" in printed and "after:" in printed

@@ -17,6 +17,8 @@ Each step computes the loss and d loss / d embeddings of a clustered batch (benc
 one after the other, in the same process, after the framework has loaded and run (so whatever its
 thread pools do to the Numba kernel is in both); reported: the medians and **the ratio of the
 medians, framework / NumPy**. The machine is shared and noisy: the ratio is the figure to read.
+Beside it, the NumPy call timed alone in a process that loads no framework ("numpy" worker), and
+the framework's step over that: what loading and running the framework costs the kernel as well.
 
 ``--tfa``: per B, in one process, a tf.keras 2 training step (``train_on_batch``) of the same
 model (Dense(128) on 128 features) compiled with ``tfa.losses.TripletSemiHardLoss()`` and with
@@ -37,6 +39,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMEWORKS = ("jax", "tensorflow", "torch", "keras-jax", "keras-tensorflow", "keras-torch")
+BARE = "numpy"  # the NumPy call alone, in a process that loads no framework
 TFA_BYTES_PER_B3 = 18  # TFA's measured peak per B^3 (bench/README.md)
 
 
@@ -122,21 +125,17 @@ def _versions():
 def worker(framework, sizes, repeats, budget_s):
     """In a fresh process: per B, the NumPy call and the framework's step, round by round."""
     sys.path.insert(0, ROOT)
-    from bench.data import benchmark_batch
-
     import semihard_numba as sn
+    from bench.data import benchmark_batch
 
     rows = []
     for B in sizes:
         labels, x = benchmark_batch(B)
         labels = labels.astype("int32")  # JAX without x64 holds int32; the same for every step
-        want_loss, want_grad = sn.triplet_semihard_loss_and_grad(labels, x)
-        step = _framework_step(framework, labels, x)
-        times = _rounds(
-            {"numpy": lambda: sn.triplet_semihard_loss_and_grad(labels, x), framework: step},
-            repeats,
-            budget_s,
-        )
+        steps = {"numpy": lambda: sn.triplet_semihard_loss_and_grad(labels, x)}
+        if framework != BARE:
+            steps[framework] = _framework_step(framework, labels, x)
+        times = _rounds(steps, repeats, budget_s)
         numpy_ms, framework_ms = _ms(times["numpy"]), _ms(times[framework])
         rows.append(
             {
@@ -160,8 +159,8 @@ def tfa_worker(B, repeats, budget_s):
     import tensorflow as tf
     import tensorflow_addons as tfa
 
-    from bench.data import benchmark_batch
     import semihard_numba.tensorflow as snt
+    from bench.data import benchmark_batch
 
     labels, x = benchmark_batch(B)
     x_tf, labels_tf = tf.constant(x), tf.constant(labels)
@@ -253,35 +252,54 @@ def run_frameworks(args):
     machine = _machine()
     print(f"{machine['cpu']}, {machine['cores']} cores; loss and gradient, D = 128, 4 per class")
     results = {}
-    for framework in args.frameworks:
+    for framework in [BARE, *args.frameworks]:
         env = {}
         if framework.startswith("keras-"):
             env["KERAS_BACKEND"] = framework[len("keras-") :]
         sizes = [str(B) for B in args.sizes]
         results[framework] = _child(
-            ["--worker", framework, "--sizes", *sizes, "--repeats", str(args.repeats),
-             "--budget-s", str(args.budget_s)],
+            [
+                "--worker",
+                framework,
+                "--sizes",
+                *sizes,
+                "--repeats",
+                str(args.repeats),
+                "--budget-s",
+                str(args.budget_s),
+            ],
             env,
         )
-        print(f"{framework}: done" if "error" not in results[framework] else
-              f"{framework}: {results[framework]['error']}", flush=True)
+        print(
+            f"{framework}: done"
+            if "error" not in results[framework]
+            else f"{framework}: {results[framework]['error']}",
+            flush=True,
+        )
+    bare = {row["B"]: row["numpy_ms"] for row in results[BARE].get("rows", [])}
     lines = [
-        "| framework | B | NumPy ms | framework ms | framework / NumPy | rounds |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| framework | B | NumPy ms | framework ms | **framework / NumPy** | NumPy ms, no "
+        "framework loaded | framework / that | rounds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for framework, result in results.items():
+        if framework == BARE:
+            continue
         if "error" in result:
-            lines.append(f"| {framework} | | | | not run: {result['error']} | |")
+            lines.append(f"| {framework} | | | | not run: {result['error']} | | | |")
             continue
         for row in result["rows"]:
+            alone = bare.get(row["B"], float("nan"))
             lines.append(
                 f"| {framework} | {row['B']} | {row['numpy_ms']:.2f} | {row['framework_ms']:.2f} "
-                f"| {row['ratio']:.2f} | {row['rounds']} |"
+                f"| **{row['ratio']:.2f}** | {alone:.2f} | {row['framework_ms'] / alone:.2f} "
+                f"| {row['rounds']} |"
             )
     table = "\n".join(lines)
     print("\n" + table)
-    _write(args.out, "frameworks", {"machine": machine, "args": vars(args), "results": results},
-           table)
+    _write(
+        args.out, "frameworks", {"machine": machine, "args": vars(args), "results": results}, table
+    )
 
 
 def run_tfa(args):
@@ -296,8 +314,16 @@ def run_tfa(args):
             results.append({"B": B, "skipped": f"TFA needs ~{need:.0f} GiB > {budget:.0f} GiB"})
             continue
         results.append(
-            _child(["--tfa-worker", str(B), "--repeats", str(args.repeats), "--budget-s",
-                    str(args.budget_s)])
+            _child(
+                [
+                    "--tfa-worker",
+                    str(B),
+                    "--repeats",
+                    str(args.repeats),
+                    "--budget-s",
+                    str(args.budget_s),
+                ]
+            )
         )
         print(f"B = {B}: done", flush=True)
     lines = [
@@ -317,8 +343,12 @@ def run_tfa(args):
         )
     table = "\n".join(lines)
     print("\n" + table)
-    _write(args.out, "frameworks-tfa", {"machine": machine, "args": vars(args),
-                                        "results": results}, table)
+    _write(
+        args.out,
+        "frameworks-tfa",
+        {"machine": machine, "args": vars(args), "results": results},
+        table,
+    )
 
 
 def main(argv=None):

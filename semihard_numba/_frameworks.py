@@ -20,7 +20,7 @@ _FUNCTIONS = {  # rule -> (loss, loss and gradient)
 def missing(module, package, extra):
     """The ImportError of an integration whose framework is not installed."""
     return ImportError(
-        f"semihard_numba.{module} needs {package}: pip install \"semihard-numba[{extra}]\" (the "
+        f'semihard_numba.{module} needs {package}: pip install "semihard-numba[{extra}]" (the '
         "rest of semihard_numba works without it)"
     )
 

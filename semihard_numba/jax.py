@@ -92,7 +92,9 @@ def triplet_loss(rule, labels, embeddings, margin=1.0, distance_metric="L2", sof
             f"embeddings must be floats (float16, bfloat16, float32 or float64), got "
             f"{embeddings.dtype}: convert them first, e.g. embeddings.astype(jnp.float32)"
         )
-    if not jnp.issubdtype(labels.dtype, jnp.number) or jnp.issubdtype(labels.dtype, jnp.complexfloating):
+    if not jnp.issubdtype(labels.dtype, jnp.number) or jnp.issubdtype(
+        labels.dtype, jnp.complexfloating
+    ):
         raise TypeError(f"labels must be integer or float class ids, got {labels.dtype}")
     if labels.dtype in (jnp.float16, jnp.bfloat16):  # no NumPy twin for bfloat16
         labels = labels.astype(jnp.float32)
@@ -118,4 +120,3 @@ def triplet_all_semihard_loss(labels, embeddings, margin=1.0, distance_metric="L
     """`semihard_numba.triplet_all_semihard_loss` (pytorch-metric-learning's) as a JAX
     function."""
     return triplet_loss(ALL_SEMIHARD, labels, embeddings, margin, distance_metric)
-

@@ -115,9 +115,7 @@ class TripletLoss(keras.losses.Loss):
                 f"semihard_numba.keras runs on the tensorflow, jax and torch backends of Keras, "
                 f"not on {backend!r}"
             )
-        return triplet_loss(
-            self.rule, y_true, y_pred, self.margin, self.distance_metric, self.soft
-        )
+        return triplet_loss(self.rule, y_true, y_pred, self.margin, self.distance_metric, self.soft)
 
     def _torch(self, y_true, y_pred):
         from ._frameworks import check_shapes

@@ -17,9 +17,13 @@ sys.meta_path.insert(0, Hide())
 """
 
 
-@pytest.mark.parametrize("module, extra", [("keras", "keras"), ("jax", "jax"), ("tensorflow", "tensorflow")])
+@pytest.mark.parametrize(
+    "module, extra", [("keras", "keras"), ("jax", "jax"), ("tensorflow", "tensorflow")]
+)
 def test_import_without_the_framework_names_the_extra(module, extra):
-    code = HIDE + f"""
+    code = (
+        HIDE
+        + f"""
 import numpy as np
 import semihard_numba
 assert semihard_numba.triplet_semihard_loss([0, 0, 1], np.eye(3, dtype=np.float32)) > 0
@@ -30,6 +34,7 @@ except ImportError as error:
 else:
     raise SystemExit("imported")
 """
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert f'pip install "semihard-numba[{extra}]"' in run.stdout

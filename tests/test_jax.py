@@ -2,6 +2,11 @@
 under x64, half precision in float32), one host call per differentiated call, and bad input at
 trace time. Collected only where JAX is installed (conftest.py)."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,7 +45,9 @@ def test_jit_value_and_grad_match_the_numpy_function(rule, metric):
     function, loss_and_grad, options = FUNCTIONS[rule]
     labels, x = batch(3)
     step = jax.jit(
-        jax.value_and_grad(lambda x, labels: function(labels, x, 0.7, distance_metric=metric, **options))
+        jax.value_and_grad(
+            lambda x, labels: function(labels, x, 0.7, distance_metric=metric, **options)
+        )
     )
     value, grad = step(x, labels)
     want_value, want_grad = loss_and_grad(labels, x, 0.7, distance_metric=metric, **options)
@@ -132,3 +139,34 @@ def test_bad_input_is_refused_at_trace_time():
         snj.triplet_semihard_loss(labels, x, distance_metric="cosine")
     with pytest.raises(TypeError, match="not a tensor"):
         jax.jit(lambda m: snj.triplet_semihard_loss(labels, x, margin=m)).lower(1.0)
+
+
+def test_the_benchmark_runs_its_jax_step(tmp_path):
+    """bench.frameworks on a tiny batch: the driver, the bare NumPy worker and the JAX worker
+    (each in its own process), its table and files. Nothing about speed."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.frameworks",
+            "--frameworks",
+            "jax",
+            "--sizes",
+            "64",
+            "--repeats",
+            "5",
+            "--budget-s",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| jax | 64 |" in run.stdout
+    rows = json.loads((tmp_path / "frameworks.json").read_text())["results"]
+    assert rows["jax"]["rows"][0]["rounds"] == 5 and rows["numpy"]["rows"][0]["B"] == 64

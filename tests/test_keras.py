@@ -8,7 +8,7 @@ where Keras and the backend are installed (conftest.py)."""
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras  # collected only where Keras and its backend are installed (conftest.py)
 
 import semihard_numba as sn
 import semihard_numba.keras as snk
@@ -112,7 +112,12 @@ def test_tfa_argument_names_and_defaults():
     assert snk.TripletSemiHardLoss().get_config()["margin"] == 1.0
     assert snk.TripletSemiHardLoss().get_config()["distance_metric"] == "L2"
     hard = snk.TripletHardLoss(0.5, True, "squared-L2", "h")
-    assert (hard.margin, hard.soft, hard.distance_metric, hard.name) == (0.5, True, "squared-L2", "h")
+    assert (hard.margin, hard.soft, hard.distance_metric, hard.name) == (
+        0.5,
+        True,
+        "squared-L2",
+        "h",
+    )
     assert snk.TripletHardLoss().soft is False
 
 

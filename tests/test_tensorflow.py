@@ -68,7 +68,9 @@ def test_half_precision_is_computed_in_float32(half):
     x_half = tf.cast(x, half)
     value, grad = value_and_grad(snt.triplet_semihard_loss, labels, x_half)
     assert value.dtype == half and grad.dtype == half
-    want_value, want_grad = sn.triplet_semihard_loss_and_grad(labels, tf.cast(x_half, tf.float32).numpy())
+    want_value, want_grad = sn.triplet_semihard_loss_and_grad(
+        labels, tf.cast(x_half, tf.float32).numpy()
+    )
     assert value.numpy() == tf.cast(float(want_value), half).numpy()
     np.testing.assert_array_equal(grad.numpy(), tf.cast(want_grad, half).numpy())
 

@@ -12,7 +12,9 @@ its gradient together, and the backward pass only scales that stored gradient
 Arrays on a GPU are copied to the host for the call and the gradient back (pure_callback's
 contract). float32 is computed in float32, float64 (under ``jax_enable_x64``) in float64,
 float16 and bfloat16 in float32 and returned in their own dtype. Shapes are checked when the
-function is traced; margin, distance_metric and soft are constants of the traced program.
+function is traced; margin, distance_metric and soft are constants of the traced program. What
+can only be seen in the values (NaN or infinite embeddings) is raised by the host call and reaches
+the caller as JAX's runtime error, carrying the library's message.
 """
 
 try:

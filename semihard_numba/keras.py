@@ -21,7 +21,8 @@ mean over the whole batch, one scalar per batch.
 - On the TensorFlow backend, XLA cannot compile the host call: ``jit_compile=True`` raises a
   RuntimeError naming ``jit_compile=False`` at the first step. Keras's default "auto" uses XLA
   only where a GPU is present, so on a GPU pass ``jit_compile=False``. The JAX backend compiles
-  the call as a host callback and needs nothing.
+  the call as a host callback and needs nothing. On the torch backend ``jit_compile=True`` means
+  torch.compile, which is untested with these losses (the host call is a graph break).
 - The classes are registered as serializable (package "semihard_numba"): a ``.keras`` model
   saved with one loads with ``keras.models.load_model`` once this module is imported.
 """

@@ -112,6 +112,9 @@ def test_vmap_over_a_leading_axis_of_batches():
         want_value, want_grad = sn.triplet_semihard_loss_and_grad(lab, emb)
         assert float(values[i]) == pytest.approx(float(want_value), rel=1e-6)
         np.testing.assert_allclose(np.asarray(grads[i]), want_grad, rtol=1e-6, atol=1e-7)
+    # shared labels (not mapped), under jit
+    values = jax.jit(jax.vmap(snj.triplet_hard_loss, in_axes=(None, 0)))(labels, np.stack([x, x2]))
+    assert float(values[1]) == pytest.approx(float(sn.triplet_hard_loss(labels, x2)), rel=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(24, 1), (24,)])
@@ -122,7 +125,7 @@ def test_labels_of_any_layout(shape, dtype):
     assert float(snj.triplet_semihard_loss(labels.astype(dtype).reshape(shape), x)) == float(want)
 
 
-def test_bad_input_is_refused_at_trace_time():
+def test_bad_input_is_refused_at_trace_time_and_nan_at_run_time():
     labels, x = batch(10)
     traced = jax.jit(snj.triplet_semihard_loss)
     with pytest.raises(ValueError, match=r"shape \(B, D\), got shape \(1, 24, 5\)"):
@@ -137,6 +140,10 @@ def test_bad_input_is_refused_at_trace_time():
         snj.triplet_semihard_loss(labels, x, distance_metric=lambda e: e @ e.T)
     with pytest.raises(ValueError, match="unknown distance_metric"):
         snj.triplet_semihard_loss(labels, x, distance_metric="cosine")
+    nan = x.copy()
+    nan[1, 1] = np.nan
+    with pytest.raises(Exception, match=r"NaN or infinite values in rows \[1\]"):
+        jax.jit(jax.grad(snj.triplet_semihard_loss, argnums=1))(labels, nan)
     with pytest.raises(TypeError, match="not a tensor"):
         jax.jit(lambda m: snj.triplet_semihard_loss(labels, x, margin=m)).lower(1.0)
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from ._dispatch import resolve
-from ._inputs import check_reduction
+from ._inputs import check_flag, check_reduction
 from ._rules import ALL_SEMIHARD, BATCH_ALL, HARD, SEMIHARD, Rule
 
 _PARAMETERS = """
@@ -34,7 +34,8 @@ _PARAMETERS = """
 
 _ANCHORS = """    anchors : None, slice, integer indices or boolean mask of B entries, default None
         The rows that act as anchors (all by default); positives and negatives come from every
-        row. Taken as a set, in increasing order.
+        row. Taken as a set, in increasing order. Negative indices count from the end, as in
+        NumPy indexing: -1 is the last row.
 """
 
 _REDUCTION = """    reduction : {"mean", "sum", "none"}, default "mean"
@@ -103,9 +104,8 @@ def _evaluate(
             "the gradient needs a named distance_metric ('L2', 'squared-L2', 'angular'): a "
             "callable metric has no gradient"
         )
-    for flag, value in (("return_stats", return_stats), ("soft", soft)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{flag} must be a bool, got {value!r}")
+    check_flag("return_stats", return_stats)
+    check_flag("soft", soft)
     implementation, batch = resolve(
         labels, embeddings, margin, distance_metric, backend, check_finite, anchors
     )

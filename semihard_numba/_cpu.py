@@ -24,10 +24,13 @@ more than it saves, and every call in a process forked from this one: GNU OpenMP
 threading layer on Linux, kills a forked child that enters a parallel region.
 """
 
+import functools
 import os
+import threading
 import types
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -84,7 +87,39 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def _pick(kernels, batch_size):
     serial, parallel = kernels
-    return serial if batch_size < SERIAL_MAX_BATCH or _forked else parallel
+    if batch_size < SERIAL_MAX_BATCH or _forked:
+        return serial
+    if _threading_layer() in THREAD_SAFE_LAYERS:
+        return parallel
+    return functools.partial(_one_parallel_region_at_a_time, serial, parallel)
+
+
+# Numba's threading layers that let several Python threads run parallel regions at once. The
+# third, "workqueue" (Numba's fallback where neither OpenMP nor TBB loads), aborts the process
+# when a second thread enters a parallel region (tests/test_concurrency.py).
+THREAD_SAFE_LAYERS = ("omp", "tbb")
+
+_parallel_region = threading.Lock()
+
+
+def _threading_layer():
+    """The layer Numba chose, or None before the process's first parallel region chooses it."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
+
+
+def _one_parallel_region_at_a_time(serial, parallel, *args):
+    """Run the parallel twin if no other thread is in one, else the serial twin: with 4 threads on
+    workqueue this beats waiting for the region (bench/README.md, "Concurrent calls"), and both
+    twins give the same bits."""
+    if not _parallel_region.acquire(blocking=False):
+        return serial(*args)
+    try:
+        return parallel(*args)
+    finally:
+        _parallel_region.release()
 
 
 @jit

@@ -21,7 +21,7 @@ import numba
 
 from . import _cpu, _numpy, _python
 from ._device import INSTALL_HINT, is_device_array
-from ._inputs import host_batch
+from ._inputs import check_flag, host_batch
 
 HOST_BACKENDS = {"python": _python, "numpy": _numpy, "cpu": _cpu}
 BACKEND_NAMES = ("auto", *HOST_BACKENDS, "cuda")
@@ -111,6 +111,7 @@ def resolve(labels, embeddings, margin, distance_metric, backend, check_finite, 
         raise ValueError(
             f"unknown backend {backend!r}: use one of {', '.join(map(repr, BACKEND_NAMES))}"
         )
+    check_flag("check_finite", check_finite)
     on_device = is_device_array(embeddings)
     host = (_host(labels), embeddings, margin, distance_metric, check_finite, _host(anchors))
     if backend == "auto":

@@ -172,6 +172,13 @@ def check_distance_matrix(D, batch_size, dtype):
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def check_flag(name, value):
+    """A switch must be a bool: check_finite="no" would otherwise count as true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
 def check_anchors(anchors, batch_size):
     """The rows that act as anchors, as increasing int64 indices: None (all rows), a slice,
     integer indices (negative ones count from the end) or a boolean mask of B entries."""

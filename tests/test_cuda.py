@@ -520,3 +520,34 @@ def test_anchors_and_blocks_on_the_device(rule, monkeypatch):
     expected = sn.mine_semihard(labels, x, 0.5, backend="python", anchors=anchors)
     for field in ("anchor", "positive", "negative", "semihard"):
         np.testing.assert_array_equal(getattr(mined, field), getattr(expected, field))
+
+
+@pytest.mark.skipif(not SIMULATOR, reason="a real GPU's fused multiply-adds round it either way")
+def test_a_near_tie_can_choose_another_negative_than_blas_does():
+    """The README's definition: "cuda" sums the Gram matrix in another order than BLAS, so two
+    distances one float32 ulp apart can compare the other way, and that pair takes another
+    negative. Row 4 (class 1) is exactly as far from row 0 as row 1 (class 0) is, up to rounding:
+    its offset from row 0 is row 1's, permuted. Exactly that pair differs, by a near-tie the
+    float64 distances show, and float64 input agrees."""
+    rng = np.random.default_rng(51)
+    x = rng.random((20, 11), dtype=np.float32)
+    labels = np.repeat(np.arange(5), 4)
+    x[4] = x[0] + (x[1] - x[0])[rng.permutation(11)]
+    on_gpu, on_cpu = (sn.mine_semihard(labels, x, backend=b) for b in ("cuda", "cpu"))
+    differ = np.flatnonzero(on_gpu.negative != on_cpu.negative)
+    assert differ.tolist() == [0]
+    assert (on_gpu.anchor[0], on_gpu.positive[0], on_gpu.negative[0]) == (0, 1, 4)
+    x64 = x.astype(np.float64)
+    d_ap, d_an = (np.linalg.norm(x64[0] - x64[j]) for j in (1, 4))
+    assert 0 < d_ap - d_an < np.spacing(np.float32(d_ap))  # 4 is not semi-hard, by < 1 ulp
+    assert on_cpu.negative[0] != 4  # BLAS's rounding agrees with float64 here; "cuda"'s does not
+    others = np.arange(1, on_gpu.loss.size)
+    np.testing.assert_allclose(on_gpu.loss[others], on_cpu.loss[others], rtol=1e-5, atol=1e-6)
+    pairs = on_gpu.loss.size
+    gap = sn.triplet_semihard_loss(labels, x, backend="cuda") - sn.triplet_semihard_loss(
+        labels, x, backend="cpu"
+    )
+    np.testing.assert_allclose(gap, (on_gpu.loss[0] - on_cpu.loss[0]) / pairs, atol=1e-6)
+    assert 0 < gap <= 1.0 / pairs  # at most margin / pairs
+    exact = [sn.triplet_semihard_loss(labels, x64, backend=b) for b in ("cuda", "cpu")]
+    np.testing.assert_allclose(exact[0], exact[1], rtol=1e-12)

@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import os
 
 from hypothesis import settings
@@ -27,6 +28,31 @@ collect_ignore = [] if CUDA_TESTS else ["test_cuda.py"]
 collect_ignore += [] if TORCH_TESTS else ["test_torch.py", "torch_workers.py"]
 
 
+def _keras_backend():
+    """The backend Keras will pick (KERAS_BACKEND, else keras.json, else tensorflow), found
+    without importing Keras, which would fix it for the whole process."""
+    backend = os.environ.get("KERAS_BACKEND")
+    if not backend:
+        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+        try:
+            with open(os.path.join(home, "keras.json")) as config:
+                backend = json.load(config).get("backend")
+        except (OSError, ValueError):
+            pass
+    return backend or "tensorflow"
+
+
+# The framework integrations: each test file where its framework is installed. test_keras.py runs
+# on one Keras backend per process (KERAS_BACKEND), where that backend is installed.
+FRAMEWORK_TESTS = {
+    "test_jax.py": importlib.util.find_spec("jax") is not None,
+    "test_tensorflow.py": importlib.util.find_spec("tensorflow") is not None,
+    "test_keras.py": importlib.util.find_spec("keras") is not None
+    and importlib.util.find_spec(_keras_backend()) is not None,
+}
+collect_ignore += [name for name, runnable in FRAMEWORK_TESTS.items() if not runnable]
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", f"full: runs in the full tier only ({TIER_ENV}=full; the quick tier deselects it)"
@@ -53,5 +79,11 @@ def pytest_report_header(config):
         lines.append(
             "tests/test_torch.py not collected: PyTorch is not installed (its CPU build: pip "
             "install torch --index-url https://download.pytorch.org/whl/cpu)"
+        )
+    skipped = [name for name, runnable in FRAMEWORK_TESTS.items() if not runnable]
+    if skipped:
+        lines.append(
+            f"{', '.join(skipped)} not collected: their framework (or the Keras backend "
+            f"{_keras_backend()!r}) is not installed"
         )
     return lines

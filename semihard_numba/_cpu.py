@@ -123,9 +123,9 @@ def _threading_layer():
 
 
 def _one_parallel_region_at_a_time(serial, parallel, *args):
-    """Run the parallel twin if no other thread is in one, else the serial twin: with 4 threads on
-    workqueue this beats waiting for the region (bench/README.md, "Concurrent calls"), and both
-    twins give the same bits."""
+    """Run the parallel twin if no other thread is in one, else the serial twin, which gives the
+    same bits. With 4 threads on workqueue this is as fast as waiting for the region (within 4%,
+    bench/README.md, "Concurrent calls"), and no thread ever blocks on another."""
     if not _parallel_region.acquire(blocking=False):
         return serial(*args)
     try:

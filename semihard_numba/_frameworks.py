@@ -5,7 +5,7 @@ gradient from NumPy arrays."""
 import numpy as np
 
 from . import _api
-from ._inputs import check_margin, check_metric
+from ._inputs import check_flag, check_margin, check_metric
 from ._rules import ALL_SEMIHARD, BATCH_ALL, HARD, SEMIHARD
 
 RULES = (SEMIHARD, HARD, BATCH_ALL, ALL_SEMIHARD)
@@ -38,9 +38,7 @@ def check_options(rule, margin, distance_metric, soft=False):
             "semihard_numba.triplet_*_loss takes a callable for the loss value alone)"
         )
     check_metric(distance_metric)
-    if not isinstance(soft, (bool, np.bool_)):
-        raise TypeError(f"soft must be a bool, got {soft!r}")
-    if soft and rule != HARD:
+    if check_flag("soft", soft) and rule != HARD:
         raise ValueError('soft=True is a form of the "hard" rule only')
     try:
         return check_margin(margin)

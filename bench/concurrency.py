@@ -64,8 +64,10 @@ def measure(layer, B, threads, calls, rounds):
                 thread.join()
             together.append((time.perf_counter() - start) / (threads * calls))
     return {
-        choice: {"one thread": 1e3 * statistics.median(alone),
-                 "threads": 1e3 * statistics.median(together)}
+        choice: {
+            "one thread": 1e3 * statistics.median(alone),
+            "threads": 1e3 * statistics.median(together),
+        }
         for choice, (alone, together) in times.items()
     }
 
@@ -91,24 +93,43 @@ def main(argv=None):
         layer, B = args.child[0], int(args.child[1])
         print(json.dumps(measure(layer, B, args.threads, args.calls, args.rounds)))
         return
-    print(f"{args.threads} threads x {args.calls} calls of the semi-hard loss and gradient, ms per "
-          f"call (medians of {args.rounds} rounds), each layer in its own process")
+    print(
+        f"{args.threads} threads x {args.calls} calls of the semi-hard loss and gradient, ms per "
+        f"call (medians of {args.rounds} rounds), each layer in its own process"
+    )
     print("| layer | a busy region | B | one thread | threads | threads / one |")
     print("|---|---|---:|---:|---:|---:|")
     for B in args.sizes:
         for layer in LAYERS:
             out = subprocess.run(
-                [sys.executable, "-m", "bench.concurrency", "--child", layer, str(B),
-                 "--threads", str(args.threads), "--calls", str(args.calls),
-                 "--rounds", str(args.rounds)],
-                cwd=ROOT, env=_child_env(layer), capture_output=True, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.concurrency",
+                    "--child",
+                    layer,
+                    str(B),
+                    "--threads",
+                    str(args.threads),
+                    "--calls",
+                    str(args.calls),
+                    "--rounds",
+                    str(args.rounds),
+                ],
+                cwd=ROOT,
+                env=_child_env(layer),
+                capture_output=True,
+                text=True,
             )
             if out.returncode:
                 print(f"| {layer} | | {B} | failed: {out.stderr.strip().splitlines()[-1]} |")
                 continue
             for choice, ms in json.loads(out.stdout.splitlines()[-1]).items():
-                print(f"| {layer} | {choice} | {B} | {ms['one thread']:.1f} | "
-                      f"{ms['threads']:.1f} | {ms['threads'] / ms['one thread']:.2f} |")
+                print(
+                    f"| {layer} | {choice} | {B} | {ms['one thread']:.1f} | "
+                    f"{ms['threads']:.1f} | {ms['threads'] / ms['one thread']:.2f} |"
+                )
+
 
 if __name__ == "__main__":
     main()

@@ -211,8 +211,12 @@ def tables(results, settings):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.loop", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
-    p.add_argument("--batches", nargs="+", default=["4 per class", "2 classes"],
-                   choices=["4 per class", "2 classes"])
+    p.add_argument(
+        "--batches",
+        nargs="+",
+        default=["4 per class", "2 classes"],
+        choices=["4 per class", "2 classes"],
+    )
     p.add_argument("--loops", nargs="+", default=list(LOOPS), choices=LOOPS)
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--repeats", type=int, default=15, help="timed calls per part (default 15)")

@@ -55,7 +55,8 @@ collect_ignore += [name for name, runnable in FRAMEWORK_TESTS.items() if not run
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", f"full: runs in the full tier only ({TIER_ENV}=full; the quick tier deselects it)"
+        "markers",
+        f"full: runs in the full tier only ({TIER_ENV}=full; the quick tier deselects it)",
     )
 
 

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from tiers import FULL
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TBB = importlib.util.find_spec("tbb") is not None or os.path.exists(
@@ -25,7 +24,10 @@ def _run(layer, *sizes):
     script = os.path.join(HERE, "concurrent_calls.py")
     return subprocess.run(
         [sys.executable, script, layer, *map(str, sizes)],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

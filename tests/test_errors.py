@@ -70,8 +70,11 @@ BACKENDS = ["python", "numpy", "cpu"] + (["cuda", "cuda-device"] if CUDA_TESTS e
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "function, kwargs, error, word",
-    [pytest.param(f, *case.values, id=f"{f.__name__}-{case.id}") for f in FUNCTIONS
-     for case in _cases(f)],
+    [
+        pytest.param(f, *case.values, id=f"{f.__name__}-{case.id}")
+        for f in FUNCTIONS
+        for case in _cases(f)
+    ],
 )
 def test_every_backend_raises_the_same_error_naming_the_argument(
     function, backend, kwargs, error, word
@@ -103,8 +106,11 @@ def test_the_pytorch_modules_raise_the_same_errors(rule, kwargs, error, word):
     from semihard_numba.torch import TripletLoss
 
     args = {**dict(labels=LABELS, embeddings=X), **kwargs}
-    options = {k: args.pop(k) for k in ("margin", "distance_metric", "reduction", "backend")
-               if k in args}
-    embeddings = torch.tensor(args["embeddings"], requires_grad=args["embeddings"].dtype.kind == "f")
+    options = {
+        k: args.pop(k) for k in ("margin", "distance_metric", "reduction", "backend") if k in args
+    }
+    embeddings = torch.tensor(
+        args["embeddings"], requires_grad=args["embeddings"].dtype.kind == "f"
+    )
     with pytest.raises(error, match=word):
         TripletLoss(rule, **options)(torch.as_tensor(args["labels"]), embeddings)

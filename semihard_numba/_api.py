@@ -379,3 +379,12 @@ def mine_semihard(
         labels, embeddings, margin, distance_metric, backend, check_finite, anchors
     )
     return implementation.mine(batch)
+
+
+# rule -> (loss, loss and gradient): what the framework integrations call for a rule
+RULE_FUNCTIONS = {
+    SEMIHARD: (triplet_semihard_loss, triplet_semihard_loss_and_grad),
+    HARD: (triplet_hard_loss, triplet_hard_loss_and_grad),
+    BATCH_ALL: (triplet_batch_all_loss, triplet_batch_all_loss_and_grad),
+    ALL_SEMIHARD: (triplet_all_semihard_loss, triplet_all_semihard_loss_and_grad),
+}

@@ -6,15 +6,9 @@ import numpy as np
 
 from . import _api
 from ._inputs import check_flag, check_margin, check_metric
-from ._rules import ALL_SEMIHARD, BATCH_ALL, HARD, SEMIHARD
+from ._rules import HARD
 
-RULES = (SEMIHARD, HARD, BATCH_ALL, ALL_SEMIHARD)
-_FUNCTIONS = {  # rule -> (loss, loss and gradient)
-    SEMIHARD: (_api.triplet_semihard_loss, _api.triplet_semihard_loss_and_grad),
-    HARD: (_api.triplet_hard_loss, _api.triplet_hard_loss_and_grad),
-    BATCH_ALL: (_api.triplet_batch_all_loss, _api.triplet_batch_all_loss_and_grad),
-    ALL_SEMIHARD: (_api.triplet_all_semihard_loss, _api.triplet_all_semihard_loss_and_grad),
-}
+RULES = tuple(_api.RULE_FUNCTIONS)
 
 
 def missing(module, package, extra):
@@ -67,21 +61,13 @@ def check_shapes(labels_shape, embeddings_shape):
         )
 
 
-def host_loss(rule, soft, margin, metric, labels, embeddings):
-    """The loss as a 0-d array of the embeddings' dtype (float32 or float64)."""
-    loss, _ = _FUNCTIONS[rule]
+def host_call(want_grad, rule, soft, margin, metric, labels, embeddings):
+    """The loss as a 0-d array of the embeddings' dtype (float32 or float64); with want_grad,
+    (loss, gradient (B, D)) of that dtype, computed in one pass."""
+    function = _api.RULE_FUNCTIONS[rule][want_grad]
     options = {"soft": soft} if rule == HARD else {}
     embeddings = np.asarray(embeddings)
-    value = loss(np.asarray(labels), embeddings, margin, distance_metric=metric, **options)
-    return np.asarray(value, dtype=embeddings.dtype)
-
-
-def host_loss_and_grad(rule, soft, margin, metric, labels, embeddings):
-    """The loss (0-d) and its gradient (B, D), both of the embeddings' dtype, in one pass."""
-    _, loss_and_grad = _FUNCTIONS[rule]
-    options = {"soft": soft} if rule == HARD else {}
-    embeddings = np.asarray(embeddings)
-    loss, grad = loss_and_grad(
-        np.asarray(labels), embeddings, margin, distance_metric=metric, **options
-    )
-    return np.asarray(loss, dtype=embeddings.dtype), np.asarray(grad, dtype=embeddings.dtype)
+    result = function(np.asarray(labels), embeddings, margin, distance_metric=metric, **options)
+    if not want_grad:
+        return np.asarray(result, dtype=embeddings.dtype)
+    return tuple(np.asarray(part, dtype=embeddings.dtype) for part in result)

@@ -27,7 +27,7 @@ except ImportError as error:
 
 import functools
 
-from ._frameworks import check_options, check_shapes, host_loss, host_loss_and_grad
+from ._frameworks import check_options, check_shapes, host_call
 from ._rules import ALL_SEMIHARD, BATCH_ALL, HARD, SEMIHARD
 
 __all__ = [
@@ -54,10 +54,9 @@ def _function(rule, soft, margin, metric):
         shapes = jax.ShapeDtypeStruct((), dtype)
         if want_grad:
             shapes = (shapes, jax.ShapeDtypeStruct(x.shape, dtype))
-        host = host_loss_and_grad if want_grad else host_loss
         # "sequential": under vmap, one host call per batch of the mapped axis
         return jax.pure_callback(
-            functools.partial(host, *settings),
+            functools.partial(host_call, want_grad, *settings),
             shapes,
             labels,
             x.astype(dtype),

@@ -28,7 +28,7 @@ except ImportError as error:
 
 import functools
 
-from ._frameworks import check_options, check_shapes, host_loss_and_grad
+from ._frameworks import check_options, check_shapes, host_call
 from ._rules import ALL_SEMIHARD, BATCH_ALL, HARD, SEMIHARD
 
 __all__ = [
@@ -75,7 +75,7 @@ def triplet_loss(rule, labels, embeddings, margin=1.0, distance_metric="L2", sof
     _check_not_in_xla()
     if labels.dtype == tf.bfloat16:  # NumPy has no bfloat16
         labels = tf.cast(labels, tf.float32)
-    host = functools.partial(host_loss_and_grad, rule, bool(soft), margin, distance_metric)
+    host = functools.partial(host_call, True, rule, bool(soft), margin, distance_metric)
     return _with_gradient(host, tf.reshape(labels, [-1]), embeddings)
 
 

@@ -23,10 +23,9 @@ try:
     import torch
     import torch.distributed as dist
 except ImportError as error:
-    raise ImportError(
-        'semihard_numba.torch needs PyTorch: pip install "semihard-numba[torch]" (the rest of '
-        "semihard_numba works without it)"
-    ) from error
+    from ._frameworks import missing
+
+    raise missing("torch", "PyTorch", "torch") from error
 
 from . import _api
 from ._rules import ALL_SEMIHARD, BATCH_ALL, HARD, SEMIHARD, Rule
@@ -39,12 +38,6 @@ __all__ = [
     "TripletSemiHardLoss",
 ]
 
-_LOSS_AND_GRAD = {
-    SEMIHARD: (_api.triplet_semihard_loss, _api.triplet_semihard_loss_and_grad),
-    HARD: (_api.triplet_hard_loss, _api.triplet_hard_loss_and_grad),
-    BATCH_ALL: (_api.triplet_batch_all_loss, _api.triplet_batch_all_loss_and_grad),
-    ALL_SEMIHARD: (_api.triplet_all_semihard_loss, _api.triplet_all_semihard_loss_and_grad),
-}
 _HALF = (torch.float16, torch.bfloat16)  # no NumPy dtype for bfloat16: both computed in float32
 
 
@@ -64,7 +57,7 @@ class _TripletSum(torch.autograd.Function):
         compute = embeddings.detach()
         if compute.dtype in _HALF:
             compute = compute.float()
-        loss, loss_and_grad = _LOSS_AND_GRAD[rule.name]
+        loss, loss_and_grad = _api.RULE_FUNCTIONS[rule.name]
         args = (_for_backend(labels), _for_backend(compute))
         kwargs = dict(options, anchors=anchors, reduction="sum", return_stats=True)
         if rule.name == HARD:
@@ -233,8 +226,8 @@ class TripletLoss(torch.nn.Module):
         ranks_average_gradients=True,
     ):
         super().__init__()
-        if rule not in _LOSS_AND_GRAD:
-            raise ValueError(f"unknown rule {rule!r}: use one of {', '.join(_LOSS_AND_GRAD)}")
+        if rule not in _api.RULE_FUNCTIONS:
+            raise ValueError(f"unknown rule {rule!r}: use one of {', '.join(_api.RULE_FUNCTIONS)}")
         if soft and rule != HARD:
             raise ValueError('soft=True is a form of the "hard" rule only')
         if reduction not in ("mean", "sum"):

@@ -158,7 +158,7 @@ def test_without_gradient_only_the_loss_is_computed(monkeypatch):
 
     monkeypatch.setattr(sn._api, "triplet_semihard_loss_and_grad", no_gradient_wanted)
     monkeypatch.setitem(
-        sn.torch._LOSS_AND_GRAD, "semihard", (sn.triplet_semihard_loss, no_gradient_wanted)
+        sn._api.RULE_FUNCTIONS, "semihard", (sn.triplet_semihard_loss, no_gradient_wanted)
     )
     with torch.no_grad():
         assert TripletSemiHardLoss()(labels, x).item() == want

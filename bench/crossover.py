@@ -17,13 +17,14 @@ wins at every larger measured k, at every batch size.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from bench.run import machine  # noqa: E402
 
 RULES = ("semihard", "batch-all", "all-semihard")
 NEVER, ALWAYS = 10**9, 0  # sorted_search_min_positives: the post's loop / the sorted search
@@ -59,14 +60,6 @@ def measure(rule, batch_size, per_class, rounds, want_grad=True, dim=128):
         "on_ms": statistics.median(times["on"]) * 1e3,
         "ratio": statistics.median([f / n for f, n in zip(times["off"], times["on"])]),
     }
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def suggested(rows):
@@ -112,8 +105,9 @@ def main(argv=None):
 
     from semihard_numba import _cpu
 
+    cpu = machine().get("Model name", "?")
     load = tuple(round(x, 2) for x in os.getloadavg())
-    print(f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores; load average {load}")
+    print(f"CPU: {cpu}, {os.cpu_count()} logical cores; load average {load}")
     rows = []
     for rule in a.rules:
         for B in a.sizes:
@@ -127,7 +121,7 @@ def main(argv=None):
                     flush=True,
                 )
     results = {
-        "cpu": _cpu_name(),
+        "cpu": cpu,
         "what": "loss" if a.no_grad else "loss and gradient",
         "rounds": a.rounds,
         "rows": rows,

@@ -230,13 +230,16 @@ def _available_gib():
 
 
 def _machine():
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "load": os.getloadavg()}
+    """bench.run's machine record (lscpu, memory, versions), with the load average."""
+    from bench.run import machine
+
+    info = machine()
+    return {
+        **info,
+        "cpu": info.get("Model name", "?"),
+        "cores": info["cpus"],
+        "load": os.getloadavg(),
+    }
 
 
 def _write(out, name, result, table):

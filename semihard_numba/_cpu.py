@@ -1,40 +1,36 @@
-"""Backend "cpu": the post's loops compiled with Numba, parallel over anchors.
+"""Backend "cpu": the post's loops compiled with Numba, run over chunks of anchors on the
+library's threads (`_threads`).
 
-The anchors are taken in blocks. For each block, the block's rows of the Gram matrix y @ y.T come
-from NumPy's BLAS (`_distances.gram_rows`), the one cost every implementation pays; then the rule's
-kernel runs the post's loops over them: every anchor turns its own row into distances in place
-(`_metrics.distance`) and runs its positive loop over that row. For "semihard" that is the post
-itself, each positive's negative coming from the post's search (`_loop.choose_negative`);
-"batch-all" and "all-semihard" loop over the negatives of every positive (`_loop.pair_triplets`);
-"hard" needs one pass over the row (`_loop.hardest_pair`). An anchor with at least
-SORTED_SEARCH_MIN_POSITIVES positives (measured per rule, with and without the gradient:
-`python -m bench.crossover`) sorts its negatives once instead (`_sorted_search`). No two threads
-touch the same row, and each anchor's sums go to their own slots, added in a fixed order after the
-kernel, so the result does not depend on the thread count.
+The anchors are taken in blocks, and a block in chunks. For each chunk, the chunk's rows of the
+Gram matrix y @ y.T come from NumPy's BLAS (`_distances.gram_rows`), the one cost every
+implementation pays; then the rule's kernel runs the post's loops over them while they are in
+cache: every anchor turns its own row into distances in place (`_metrics.distance`) and runs its
+positive loop over that row. For "semihard" that is the post itself, each positive's negative
+coming from the post's search (`_loop.choose_negative`); "batch-all" and "all-semihard" loop over
+the negatives of every positive (`_loop.pair_triplets`); "hard" needs one pass over the row
+(`_loop.hardest_pair`). An anchor with at least SORTED_SEARCH_MIN_POSITIVES positives (measured
+per rule, with and without the gradient: `python -m bench.crossover`) sorts its negatives once
+instead (`_sorted_search`). No two threads touch the same row, and each anchor's sums go to their
+own slots, added in a fixed order after the kernel, so the result does not depend on the thread
+count.
+
+Batches below SERIAL_MAX_BATCH are one chunk: the Gram product on BLAS's threads, the kernel on
+the calling thread, where waking threads would cost more than it saves.
 
 A block holds as many anchors as fit in `_distances.block_bytes()` (SEMIHARD_NUMBA_BLOCK_BYTES,
 1 GiB by default) beside their B columns: memory beyond the input is O(block x B), never O(B^2)
 unless the budget allows it.
 
 The kernels compute the sum over the rule's triplets, its gradient with respect to the distances
-(then to the embeddings) and the counts of `TripletStats`; `Rule.scale` makes the mean.
-
-Every kernel is compiled twice from one body, serial and parallel (pynndescent's habit), each only
-when first called. The serial twin runs batches below SERIAL_MAX_BATCH, where waking threads costs
-more than it saves, and every call in a process forked from this one: GNU OpenMP, Numba's usual
-threading layer on Linux, kills a forked child that enters a parallel region.
+(then to the embeddings) and the counts of `TripletStats`; `Rule.scale` makes the mean. They
+release the GIL (nogil), so that the library's threads run them at once.
 """
 
-import functools
-import os
-import threading
-import types
 from typing import NamedTuple
 
-import numba
 import numpy as np
-from numba import prange
 
+from . import _threads
 from ._cache import jit
 from ._classes import class_tables
 from ._distances import block_rows, gram_rows, l2_normalize, normalize_backward, squared_norms
@@ -68,70 +64,11 @@ from ._sorted_search import BUCKET_MAX, every_triplet, semihard_negatives
 # batch sizes). "hard" makes one pass over the row and has no such choice.
 SORTED_SEARCH_MIN_POSITIVES = {SEMIHARD: (23, 15), BATCH_ALL: (11, 11), ALL_SEMIHARD: (11, 11)}
 
-# Smaller batches run on the serial twins (bench/README.md, "Threads").
+# Smaller batches run on the calling thread (bench/README.md, "Threads").
 SERIAL_MAX_BATCH = 1024
 
 # The gradient walks the nonzeros of dL/dP while their share of a row is below 1 / this.
 SPARSE_BACKWARD_MAX_DENSITY = 16
-
-
-def _serial_and_parallel(body):
-    """(serial, parallel) kernels compiled from one body. The parallel twin is a copy of the
-    function under another __qualname__: Numba's disk cache keys on the name, not on
-    parallel=True, and would otherwise hand one twin the other's machine code (numba#6845)."""
-    twin = types.FunctionType(
-        body.__code__, body.__globals__, body.__name__, body.__defaults__, body.__closure__
-    )
-    twin.__qualname__ = body.__qualname__ + "_parallel"
-    return jit(body), jit(twin, parallel=True)
-
-
-_forked = False
-
-
-def _after_fork_in_child():
-    global _forked
-    _forked = True
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _pick(kernels, batch_size):
-    serial, parallel = kernels
-    if batch_size < SERIAL_MAX_BATCH or _forked:
-        return serial
-    if _threading_layer() in THREAD_SAFE_LAYERS:
-        return parallel
-    return functools.partial(_one_parallel_region_at_a_time, serial, parallel)
-
-
-# Numba's threading layers that let several Python threads run parallel regions at once. The
-# third, "workqueue" (Numba's fallback where neither OpenMP nor TBB loads), aborts the process
-# when a second thread enters a parallel region (tests/test_concurrency.py).
-THREAD_SAFE_LAYERS = ("omp", "tbb")
-
-_parallel_region = threading.Lock()
-
-
-def _threading_layer():
-    """The layer Numba chose, or None before the process's first parallel region chooses it."""
-    try:
-        return numba.threading_layer()
-    except ValueError:
-        return None
-
-
-def _one_parallel_region_at_a_time(serial, parallel, *args):
-    """Run the parallel twin if no other thread is in one, else the serial twin, which gives the
-    same bits. With 4 threads on workqueue this is as fast as waiting for the region (within 4%,
-    bench/README.md, "Concurrent calls"), and no thread ever blocks on another."""
-    if not _parallel_region.acquire(blocking=False):
-        return serial(*args)
-    try:
-        return parallel(*args)
-    finally:
-        _parallel_region.release()
 
 
 @jit
@@ -145,12 +82,13 @@ def _to_distances(row, sq, a, metric):
 @jit
 def _to_pre_distance_gradient(row, grad, metric):
     """Row a of the distance matrix, in place, to row a of dS/dP from grad = dS/dD[a, :]."""
-    for n in range(row.shape[0]):
-        row[n] = pre_distance_gradient(grad[n], row[n], metric, row)
+    zero = row.dtype.type(0)
+    for n in range(row.shape[0]):  # most entries pass no gradient: no division for them
+        row[n] = pre_distance_gradient(grad[n], row[n], metric, row) if grad[n] != zero else zero
 
 
 def _semihard_loops(with_sorted_search):
-    """The (serial, parallel) kernels of the "semihard" rule, with the sorted search of large
+    """The kernel of the "semihard" rule, with the sorted search of large
     classes compiled in or not: Numba drops the branches on the constant `with_sorted_search`
     before compiling, and ordinary batches never pay the sort's compile time."""
 
@@ -169,11 +107,10 @@ def _semihard_loops(with_sorted_search):
         mined,
         totals,
     ):
-        """The post's loops over a block of anchors, every anchor at once (parallel: an anchor a
-        thread).
+        """The post's loops over a chunk of anchors.
 
         labels: (B,) class codes; classes = (members, start) of `_classes.Classes`.
-        anchors: the block's anchors; G: their rows of the Gram matrix (or of a callable metric's
+        anchors: the chunk's anchors; G: their rows of the Gram matrix (or of a callable metric's
         distances), row i for anchors[i], which ends as dS/dP[a, :] with want_grad, else as
         distances. keys: G's distances as order keys (`order_keys`), key_range = (above, below)
         every key. search = (sorted_search_min_positives, bucket_max). mined: a `MinedPairs`.
@@ -184,7 +121,7 @@ def _semihard_loops(with_sorted_search):
         above, below = key_range
         sorted_search_min_positives, bucket_max = search
         zero = G.dtype.type(0)
-        for i in prange(anchors.shape[0]):  # give every anchor of the block its chance
+        for i in range(anchors.shape[0]):  # give every anchor of the chunk its chance
             a = anchors[i]
             distances = G[i]
             _to_distances(distances, sq, a, metric)
@@ -255,7 +192,7 @@ def _semihard_loops(with_sorted_search):
             if want_grad:
                 _to_pre_distance_gradient(distances, grad, metric)
 
-    return _serial_and_parallel(_semihard_loop)
+    return jit(_semihard_loop, nogil=True)
 
 
 def _hard_loop(labels, classes, anchors, G, sq, metric, margin, soft, want_grad, totals):
@@ -266,7 +203,7 @@ def _hard_loop(labels, classes, anchors, G, sq, metric, margin, soft, want_grad,
     N = labels.shape[0]
     members, start = classes
     zero = G.dtype.type(0)
-    for i in prange(anchors.shape[0]):  # every anchor of the block
+    for i in range(anchors.shape[0]):  # every anchor of the chunk
         a = anchors[i]
         distances = G[i]
         _to_distances(distances, sq, a, metric)
@@ -292,11 +229,11 @@ def _hard_loop(labels, classes, anchors, G, sq, metric, margin, soft, want_grad,
             _to_pre_distance_gradient(distances, grad, metric)
 
 
-_HARD_LOOP = _serial_and_parallel(_hard_loop)
+_HARD_LOOP = jit(_hard_loop, nogil=True)
 
 
 def _every_triplet_loops(with_sorted_search):
-    """The (serial, parallel) kernels of "batch-all" and "all-semihard" (see `_semihard_loops`)."""
+    """The kernel of "batch-all" and "all-semihard" (see `_semihard_loops`)."""
 
     def _every_triplet_loop(
         labels, classes, anchors, G, sq, metric, margin, rule, search, want_grad, pairs, totals
@@ -311,7 +248,7 @@ def _every_triplet_loops(with_sorted_search):
         want_pairs, pair_offset, pair_values = pairs
         sorted_search_min_positives, bucket_max = search
         epsilon = G.dtype.type(BATCH_ALL_EPSILON if rule == BATCH_ALL_CODE else 0)
-        for i in prange(anchors.shape[0]):  # give every anchor of the block its chance
+        for i in range(anchors.shape[0]):  # give every anchor of the chunk its chance
             a = anchors[i]
             distances = G[i]
             _to_distances(distances, sq, a, metric)
@@ -356,38 +293,51 @@ def _every_triplet_loops(with_sorted_search):
             if want_grad:
                 _to_pre_distance_gradient(distances, grad, metric)
 
-    return _serial_and_parallel(_every_triplet_loop)
+    return jit(_every_triplet_loop, nogil=True)
 
 
 _SEMIHARD_LOOPS = {False: _semihard_loops(False), True: _semihard_loops(True)}
 _EVERY_TRIPLET_LOOPS = {False: _every_triplet_loops(False), True: _every_triplet_loops(True)}
 
 
-def _sparse_backward(W, y, anchors, self_weight, h):
-    """h_a += sum_j W_ij (s y_a - y_j) for a = anchors[i], and h_j += sum_i W_ij (s y_j - y_a),
-    s = self_weight, paying O(D) only for nonzero W_ij: the gradient's share of the block's rows
-    W of dS/dP. Rows first (one thread per row), then columns (one thread per tile of 64
-    columns), so each h_j is summed in a fixed order whatever the thread count."""
+@jit(nogil=True)
+def _sparse_backward_rows(W, y, anchors, self_weight, h):
+    """h_a += sum_j W_ij (s y_a - y_j) for a = anchors[i], s = self_weight, paying O(D) only for
+    nonzero W_ij: the gradient's share of the rows W of dS/dP, for the anchors' own rows of h.
+    Returns the nonzeros (a, j, W_ij), row by row, for `_sparse_backward_columns`."""
     D = y.shape[1]
-    for i in prange(anchors.shape[0]):
+    count = 0
+    for i in range(W.shape[0]):
+        for j in range(W.shape[1]):
+            count += W[i, j] != 0
+    anchor = np.empty(count, dtype=np.int64)
+    column = np.empty(count, dtype=np.int64)
+    weight = np.empty(count, dtype=W.dtype)
+    k = 0
+    for i in range(anchors.shape[0]):
         a = anchors[i]
         for j in range(W.shape[1]):
             w = W[i, j]
             if w != 0:
+                anchor[k], column[k], weight[k] = a, j, w
+                k += 1
                 for d in range(D):
                     h[a, d] += w * (self_weight * y[a, d] - y[j, d])
-    tile = 64
-    for t in prange((W.shape[1] + tile - 1) // tile):
-        for i in range(anchors.shape[0]):
-            a = anchors[i]
-            for j in range(t * tile, min(W.shape[1], t * tile + tile)):
-                w = W[i, j]
-                if w != 0:
-                    for d in range(D):
-                        h[j, d] += w * (self_weight * y[j, d] - y[a, d])
+    return anchor, column, weight
 
 
-_SPARSE_BACKWARD = _serial_and_parallel(_sparse_backward)
+@jit(nogil=True)
+def _sparse_backward_columns(anchor, column, weight, y, self_weight, h, first, stop):
+    """h_j += sum_a W_aj (s y_j - y_a) for the columns first <= j < stop, from the nonzeros of
+    every row, in row order: each h_j is summed in the same order however the columns are shared
+    among threads. Runs after `_sparse_backward_rows` has done every row."""
+    D = y.shape[1]
+    for k in range(column.shape[0]):
+        j = column[k]
+        if first <= j < stop:
+            a, w = anchor[k], weight[k]
+            for d in range(D):
+                h[j, d] += w * (self_weight * y[j, d] - y[a, d])
 
 
 def order_keys(D):
@@ -416,10 +366,14 @@ class _Embeddings:
         if self.metric == PRECOMPUTED:
             self.matrix = check_distance_matrix(batch.metric(x), x.shape[0], x.dtype)
 
-    def rows(self, block, integer_keys):
+    def rows(self, block, integer_keys, out=None):
         """(G, keys, key_range): the block's rows of the Gram matrix (a private copy of the
-        callable's), and their distances as order keys once `_to_distances` has run."""
-        G = self.matrix[block] if self.matrix is not None else gram_rows(self.y, block)
+        callable's), into `out` when given, and their distances as order keys once
+        `_to_distances` has run."""
+        if self.matrix is not None:
+            G = np.take(self.matrix, block, axis=0, out=out)
+        else:
+            G = gram_rows(self.y, block, out)
         if not integer_keys:  # the plain float loop, for the benchmark's comparison
             return G, G, (G.dtype.type(np.inf), G.dtype.type(-np.inf))
         keys = order_keys(G) if self.matrix is not None else G.view(_KEY_DTYPES[G.dtype])
@@ -461,8 +415,7 @@ def _run_block(batch, rule, classes, embeddings, block, G, keys, key_range, opti
     search = (threshold, options["bucket_max"])
     with_sorted_search = bool((classes.counts[classes.counts < B] > search[0]).any())
     if rule.name == SEMIHARD:
-        kernel = _pick(_SEMIHARD_LOOPS[with_sorted_search], B)
-        kernel(
+        _SEMIHARD_LOOPS[with_sorted_search](
             batch.codes,
             members,
             block,
@@ -478,8 +431,7 @@ def _run_block(batch, rule, classes, embeddings, block, G, keys, key_range, opti
             out.totals,
         )
     elif rule.name == HARD:
-        kernel = _pick(_HARD_LOOP, B)
-        kernel(
+        _HARD_LOOP(
             batch.codes,
             members,
             block,
@@ -492,8 +444,7 @@ def _run_block(batch, rule, classes, embeddings, block, G, keys, key_range, opti
             out.totals,
         )
     else:
-        kernel = _pick(_EVERY_TRIPLET_LOOPS[with_sorted_search], B)
-        kernel(
+        _EVERY_TRIPLET_LOOPS[with_sorted_search](
             batch.codes,
             (*members, classes.position),
             block,
@@ -527,6 +478,7 @@ SPEED_UPS = dict(
     integer_keys=True,
     sparse_backward_max_density=SPARSE_BACKWARD_MAX_DENSITY,
     rows_per_block=None,
+    rows_per_chunk=None,
 )
 
 
@@ -546,17 +498,68 @@ def _run_blocks(batch, rule, want_grad, want_values, options):
     want_pairs = want_values and rule.name not in (SEMIHARD, HARD)
     values = np.zeros(classes.n_pairs if want_pairs else 0, dtype=batch.x.dtype)
     h = np.zeros_like(embeddings.y) if want_grad else None
+    sparse = want_grad and _sparse_backward(rule, classes, B, options)
+    self_weight = _self_weight(embeddings)
+    n_threads = 1 if B < SERIAL_MAX_BATCH else _threads.threads()
+    chunk = options["rows_per_chunk"] or _chunk_rows(B, batch.x.dtype.itemsize)
     for start in range(0, anchors.shape[0], rows):
         stop = min(start + rows, anchors.shape[0])
         block = anchors[start:stop]
-        G, keys, key_range = embeddings.rows(block, integer_keys)
-        pairs = (want_pairs, classes.pair_offset[start : stop + 1], values)
-        out = _BlockOutputs(want_grad, totals[start:stop], _slice(mined, start, stop), pairs)
-        _run_block(batch, rule, classes, embeddings, block, G, keys, key_range, options, out)
-        if want_grad:  # G holds the block's rows of dS/dP
-            _accumulate_backward(h, G, embeddings, block, rule, classes, options)
-        del G, keys  # before the next block's: one block in memory at a time
+        n_chunks = -(-block.shape[0] // chunk)
+        # the block's rows of dS/dP for the dense backward; else each chunk's rows in scratch
+        W = np.empty((block.shape[0], B), batch.x.dtype) if want_grad and not sparse else None
+        nonzeros = [None] * n_chunks  # the sparse backward's (a, j, W_aj), chunk by chunk
+
+        def run_chunk(c, start=start, block=block, W=W, nonzeros=nonzeros):
+            lo, hi = c * chunk, min((c + 1) * chunk, block.shape[0])
+            rows_c = block[lo:hi]
+            if n_chunks == 1 and W is None:  # the Gram rows on BLAS's threads
+                into = None
+            else:
+                into = W[lo:hi] if W is not None else _threads.scratch((hi - lo, B), batch.x.dtype)
+            G, keys, key_range = embeddings.rows(rows_c, integer_keys, into)
+            pairs = (want_pairs, classes.pair_offset[start + lo : start + hi + 1], values)
+            totals_c, mined_c = (
+                totals[start + lo : start + hi],
+                _slice(mined, start + lo, start + hi),
+            )
+            out = _BlockOutputs(want_grad, totals_c, mined_c, pairs)
+            _run_block(batch, rule, classes, embeddings, rows_c, G, keys, key_range, options, out)
+            if sparse:  # G holds the chunk's rows of dS/dP
+                nonzeros[c] = _sparse_backward_rows(G, embeddings.y, rows_c, self_weight, h)
+            elif want_grad:
+                _dense_backward_rows(h, G, embeddings.y, rows_c, self_weight)
+
+        def backward_columns(block=block, W=W, nonzeros=nonzeros):
+            if sparse:
+                _sparse_columns(h, embeddings, nonzeros, n_threads)
+            elif want_grad:
+                _dense_columns(h, W, embeddings, block, n_threads)
+
+        if n_chunks == 1:  # the kernel on this thread
+            run_chunk(0)
+            backward_columns()
+        else:  # the Gram rows and the kernel, chunk by chunk, on the library's threads
+            with _threads.one_thread_blas():
+                _threads.run_chunks(run_chunk, n_chunks, n_threads)
+                backward_columns()
+        del W  # before the next block's: one block in memory at a time
     return classes, embeddings, totals, mined, values, h
+
+
+# A chunk's Gram rows take at most this many bytes, to stay in cache while the kernel runs over
+# them; and a block has at least MIN_CHUNKS chunks, so that a thread slowed by another one on its
+# core hands its share to the others (bench/README.md).
+CHUNK_BYTES = 2**20
+MIN_CHUNKS = 8
+
+
+def _chunk_rows(B, itemsize):
+    """How many anchors a chunk holds: all below SERIAL_MAX_BATCH, else a number that does not
+    depend on the thread count, so neither do the Gram rows' bits."""
+    if B < SERIAL_MAX_BATCH:
+        return B
+    return max(1, min(CHUNK_BYTES // (B * itemsize), -(-B // MIN_CHUNKS)))
 
 
 def evaluate(batch, rule, want_grad, reduction="mean", **speed_ups):
@@ -584,22 +587,67 @@ def evaluate(batch, rule, want_grad, reduction="mean", **speed_ups):
     return total * scale, stats, grad * grad.dtype.type(scale)
 
 
-def _accumulate_backward(h, W, embeddings, block, rule, classes, options):
-    """h += the gradient's share of the block's rows W of dS/dP: h_a += sum_j W_aj (s y_a - y_j)
-    over the block's anchors a, and h_j += sum_a W_aj (s y_j - y_a) over all j; then dS/dx is
-    2 h for the squared distances P (s = 1), and -h through the normalisation for the cosine of
-    "angular" (s = 0). With the one negative per pair of "semihard" and "hard", W has a few
-    nonzeros per row: walk them. The other rules fill it: two BLAS products. (Adding W.T to a
-    square W in place to make one product of it was slower here: bench/README.md.)"""
-    y = embeddings.y
-    B = y.shape[0]
-    self_weight = 0.0 if embeddings.metric == ANGULAR else 1.0
+def _self_weight(embeddings):
+    return 0.0 if embeddings.metric == ANGULAR else 1.0
+
+
+def _sparse_backward(rule, classes, B, options):
+    """Whether the gradient walks the nonzeros of dS/dP (W): with the one negative per pair of
+    "semihard" and "hard", W has a few per row. The other rules fill it."""
     nonzeros = {SEMIHARD: 2 * classes.n_pairs, HARD: 2 * B}.get(rule.name, B * B)
-    if nonzeros * options["sparse_backward_max_density"] < B * B:
-        _pick(_SPARSE_BACKWARD, B)(W, y, block, self_weight, h)
-    else:
-        h[block] += self_weight * W.sum(axis=1)[:, None] * y[block] - W @ y
-        h += self_weight * W.sum(axis=0)[:, None] * y - W.T @ y[block]
+    return nonzeros * options["sparse_backward_max_density"] < B * B
+
+
+def _column_ranges(B):
+    """The columns' share of the backward is cut into MIN_CHUNKS ranges, whatever the thread
+    count: (width, count)."""
+    width = -(-B // MIN_CHUNKS)
+    return width, -(-B // width)
+
+
+def _sparse_columns(h, embeddings, nonzeros, n_threads):
+    """The columns' share of the sparse backward (`_sparse_backward_columns`), the columns
+    shared among the threads."""
+    anchor, column, weight = (np.concatenate(part) for part in zip(*nonzeros))
+    B = h.shape[0]
+    width, count = _column_ranges(B)
+    self_weight = _self_weight(embeddings)
+
+    def columns(c):
+        first = c * width
+        _sparse_backward_columns(
+            anchor, column, weight, embeddings.y, self_weight, h, first, min(B, first + width)
+        )
+
+    _threads.run_chunks(columns, count, n_threads)
+
+
+# dS/dx from the rows W of dS/dP, where W is dense: h_a += sum_j W_aj (s y_a - y_j) over the
+# anchors a, and h_j += sum_a W_aj (s y_j - y_a) over all j; then dS/dx is 2 h for the squared
+# distances P (s = 1), and -h through the normalisation for the cosine of "angular" (s = 0).
+# (Adding W.T to a square W in place to make one product of it was slower here:
+# bench/README.md.) With the one negative per pair of "semihard" and "hard", W has a few nonzeros
+# per row, and `_sparse_backward_rows` and `_sparse_columns` walk them instead.
+
+
+def _dense_backward_rows(h, W, y, rows, self_weight):
+    """The anchors' rows of h, from their rows W of dS/dP: one BLAS product."""
+    h[rows] += self_weight * W.sum(axis=1)[:, None] * y[rows] - W @ y
+
+
+def _dense_columns(h, W, embeddings, block, n_threads):
+    """Every row of h, from the block's rows W of dS/dP: a BLAS product for each range of
+    columns, the ranges shared among the threads."""
+    y = embeddings.y
+    self_weight = _self_weight(embeddings)
+    width, count = _column_ranges(h.shape[0])
+    y_block = y[block]
+
+    def columns(c):
+        J = slice(c * width, (c + 1) * width)
+        h[J] += self_weight * W[:, J].sum(axis=0)[:, None] * y[J] - W[:, J].T @ y_block
+
+    _threads.run_chunks(columns, count, n_threads)
 
 
 def mine(batch, **speed_ups):

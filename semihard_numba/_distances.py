@@ -95,12 +95,12 @@ def block_rows(batch_size, itemsize):
     return max(1, block_bytes() // (batch_size * itemsize))
 
 
-def gram_rows(y, rows):
-    """(y @ y.T)[rows] for increasing row indices: the whole product by `gram` when `rows` is
-    every row, else the block y[rows] @ y.T (a gemm)."""
-    if rows.shape[0] == y.shape[0]:
+def gram_rows(y, rows, out=None):
+    """(y @ y.T)[rows]: the whole product by `gram` when `rows` is every row, else the gemm
+    y[rows] @ y.T, into `out` when given."""
+    if out is None and rows.shape[0] == y.shape[0]:
         return gram(y)
-    return y[rows] @ y.T
+    return np.matmul(y[rows], y.T, out=out)
 
 
 def pairwise_distances(x, metric):

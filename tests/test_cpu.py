@@ -1,5 +1,5 @@
-"""Properties specific to the compiled "cpu" backend: its twin kernels, its two searches, its
-order keys, its cache and its behaviour in forked processes."""
+"""Properties specific to the compiled "cpu" backend: its chunks, its two searches, its order
+keys, its cache and its behaviour in forked processes."""
 
 import os
 import shutil
@@ -48,14 +48,21 @@ def test_bit_identical_whatever_the_thread_count(per_class, metric, monkeypatch)
 
 
 @pytest.mark.parametrize("per_class", [4, 64])
-def test_serial_and_parallel_twins_agree(per_class, monkeypatch):
-    labels, x = small_batch(300, per_class, seed=1)
-    results = []
-    for serial_max_batch in (10**9, 0):
-        monkeypatch.setattr(_cpu, "SERIAL_MAX_BATCH", serial_max_batch)
-        results.append(sn.triplet_semihard_loss_and_grad(labels, x, backend="cpu"))
-    assert results[0][0] == results[1][0]
-    np.testing.assert_array_equal(results[0][1], results[1][1])
+def test_chunks_of_any_size_give_the_same_result(per_class, monkeypatch):
+    """One chunk (the Gram product on BLAS's threads) or chunks of 1, 7 and 64 anchors (their
+    own one-thread products): the same mined negatives, and the same loss and gradient up to
+    the rounding of the product."""
+    monkeypatch.setattr(_cpu, "SERIAL_MAX_BATCH", 0)
+    batch = host_batch(*small_batch(300, per_class, seed=1), 1.0, "L2")
+    one = _cpu.evaluate(batch, Rule("semihard"), True, rows_per_chunk=300)
+    one_mined = _cpu.mine(batch, rows_per_chunk=300)
+    for rows in (1, 7, 64):
+        chunked = _cpu.evaluate(batch, Rule("semihard"), True, rows_per_chunk=rows)
+        assert chunked[0] == pytest.approx(one[0], rel=1e-6) and one[0] > 0
+        assert chunked[1] == one[1]  # the counts
+        np.testing.assert_allclose(chunked[2], one[2], rtol=1e-5, atol=1e-7)
+        mined = _cpu.mine(batch, rows_per_chunk=rows)
+        np.testing.assert_array_equal(mined.negative, one_mined.negative)
 
 
 @pytest.mark.parametrize("per_class", [2, 8, 256])
@@ -72,18 +79,16 @@ import numpy as np, semihard_numba as sn
 labels = np.repeat(np.arange(16), 4)
 x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
 from semihard_numba import _cpu
-_cpu.SERIAL_MAX_BATCH = 0  # the parallel twins
+_cpu.SERIAL_MAX_BATCH = 0  # chunks on the library's threads
 loss, grad = sn.triplet_semihard_loss_and_grad(labels, x)
-_cpu.SERIAL_MAX_BATCH = 10**9  # and the serial ones
-assert sn.triplet_semihard_loss_and_grad(labels, x)[0] == loss
 print(repr(float(loss)), repr(float(np.abs(grad).sum())))
 """
 
 
 @pytest.mark.full  # slow: the full tier (tests/tiers.py)
 def test_on_disk_cache_serves_processes_with_another_thread_count(tmp_path):
-    """The kernels are cached: compile with 2 threads, then load with 1 and with 2. Serial and
-    parallel twins have index files of their own (Numba keys its cache on the name only)."""
+    """The kernels are cached: compile with 2 threads, then load with 1 and with 2, and get the
+    same bits."""
     outputs = []
     for threads in ("2", "1", "2"):
         env = dict(
@@ -100,7 +105,6 @@ def test_on_disk_cache_serves_processes_with_another_thread_count(tmp_path):
     index_files = {p.name.split("-")[0] for p in tmp_path.rglob("*.nbi")}
     kernel = "_cpu._semihard_loops.locals._semihard_loop"
     assert f"{kernel}_{SOURCES}" in index_files
-    assert f"{kernel}_parallel_{SOURCES}" in index_files
 
 
 def test_an_edit_of_a_called_module_is_never_served_stale_from_the_cache(tmp_path):
@@ -129,34 +133,35 @@ def test_an_edit_of_a_called_module_is_never_served_stale_from_the_cache(tmp_pat
 
 FORKED_RUN = """
 import multiprocessing, numpy as np, semihard_numba as sn
-from semihard_numba import _cpu
-_cpu.SERIAL_MAX_BATCH = 0  # the parallel kernel, whatever the batch size
+from semihard_numba import _cpu, _threads
+_cpu.SERIAL_MAX_BATCH = 0  # chunks on the library's threads, whatever the batch size
 labels = np.repeat(np.arange(50), 4)
 x = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)
-parent = sn.triplet_semihard_loss_and_grad(labels, x)  # starts the threading layer
+parent = sn.triplet_semihard_loss_and_grad(labels, x)  # starts the parent's pool
+assert _threads._pool is not None
 
 def child(queue):
+    fresh = _threads._pool is None  # the parent's pool threads do not exist here
     loss, grad = sn.triplet_semihard_loss_and_grad(labels, x)
-    kernel = _cpu._pick(_cpu._SEMIHARD_LOOPS[False], 10**6)
-    queue.put((float(loss), grad.tobytes(), kernel.targetoptions.get("parallel", False)))
+    queue.put((float(loss), grad.tobytes(), fresh))
 
 context = multiprocessing.get_context("fork")
 queue = context.Queue()
 process = context.Process(target=child, args=(queue,))
 process.start()
-loss, grad, parallel = queue.get(timeout=120)
+loss, grad, fresh = queue.get(timeout=120)
 process.join(timeout=120)
 assert process.exitcode == 0, process.exitcode
 assert loss == float(parent[0]) and grad == parent[1].tobytes()
-assert not parallel  # the child ran the serial twins
+assert fresh  # the child made a pool of its own
 print("forked child ok")
 """
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX")
 def test_a_forked_child_computes_the_loss():
-    """GNU OpenMP kills a forked child entering a parallel region; the child runs the serial
-    twins and gets the parent's numbers."""
+    """A forked child has none of its parent's pool threads: it starts its own and gets the
+    parent's numbers."""
     run = subprocess.run(
         [sys.executable, "-c", FORKED_RUN], capture_output=True, text=True, timeout=300
     )
@@ -195,19 +200,22 @@ def test_each_rule_sorts_from_its_own_threshold(rule, want_grad, override, monke
     # Two classes of k: k - 1 positives per anchor. The kernel set picked says which path ran.
     own = _cpu.SORTED_SEARCH_MIN_POSITIVES[rule][want_grad]
     threshold = own if override is None else override
-    loops = _cpu._SEMIHARD_LOOPS if rule == "semihard" else _cpu._EVERY_TRIPLET_LOOPS
-    picked, pick = [], _cpu._pick
+    name = "_SEMIHARD_LOOPS" if rule == "semihard" else "_EVERY_TRIPLET_LOOPS"
+    loops, picked = getattr(_cpu, name), []
 
-    def recording(kernels, batch_size):
-        picked.append(kernels)
-        return pick(kernels, batch_size)
+    def recording(sorts):
+        def kernel(*args):
+            picked.append(sorts)
+            return loops[sorts](*args)
 
-    monkeypatch.setattr(_cpu, "_pick", recording)
+        return kernel
+
+    monkeypatch.setattr(_cpu, name, {sorts: recording(sorts) for sorts in (False, True)})
     x = np.random.default_rng(0).standard_normal((2 * (threshold + 1), 8)).astype(np.float32)
     for k, sorts in ((threshold, False), (threshold + 1, True)):
         batch = host_batch(np.repeat([0, 1], k), x[: 2 * k], 1.0, "L2")
         _cpu.evaluate(batch, Rule(rule), want_grad, sorted_search_min_positives=override)
-        assert picked[-1] is loops[sorts], (k, threshold)
+        assert picked[-1] is sorts, (k, threshold)
 
 
 @pytest.mark.parametrize("scale", [1e-300, 1e-307, 1e-320])  # tiny spans of keys

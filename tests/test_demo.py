@@ -15,7 +15,7 @@ _CHILD = """
 import json, sys
 from semihard_numba import __main__ as demo, _cpu
 
-kernels = [k for twins in _cpu._SEMIHARD_LOOPS.values() for k in twins]
+kernels = list(_cpu._SEMIHARD_LOOPS.values())
 ready_before = []
 call = demo.triplet_semihard_loss
 

@@ -45,9 +45,15 @@ def _median_ms(times):
     return statistics.median(times) * 1e3
 
 
+# Before each loop: longer than OpenBLAS's workers spin after a product (about 0.1 s), so that a
+# loop is timed in its own steady state, not in the wake of the loop before it.
+SETTLE_S = 0.3
+
+
 def _timed(calls, repeats, warmup=2):
     """Run calls() warmup + repeats times; it returns a dict of durations (s) of its parts.
     Medians in ms of each part over the timed repeats."""
+    time.sleep(SETTLE_S)
     parts = {}
     for repeat in range(warmup + repeats):
         for name, seconds in calls().items():

@@ -2,8 +2,10 @@
 
 Copies the package as it was at --commit (git archive) into a temporary directory under another
 name, imports both, and times the "cpu" loss and loss+gradient of each on the same batches in
-interleaved rounds (new, old, new, old, ...), so both see the same machine state. Prints the median
-of each and the ratio new / old. Needs git and the repository's history.
+interleaved rounds (new, old, new, old, ...), so both see the same machine state. Each call starts
+after a pause longer than the thread pools spin (OpenBLAS's about 0.1 s), so that neither pays for
+the other's idle threads. Prints the median of each and the ratio new / old. Needs git and the
+repository's history.
 """
 
 import argparse
@@ -17,6 +19,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETTLE_S = 0.3
 
 
 def import_commit(commit, into):
@@ -63,6 +66,7 @@ def main(argv=None):
                 times = {"new": [], "old": []}
                 for _ in range(args.rounds):
                     for key, f in functions.items():
+                        time.sleep(SETTLE_S)
                         t0 = time.perf_counter()
                         f(labels, x, backend="cpu")
                         times[key].append(time.perf_counter() - t0)

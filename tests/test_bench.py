@@ -1,5 +1,5 @@
 """Smoke tests of the benchmarks: quick mode (what CI runs), the other rules, --classes, the
-"loop" and "torch" implementations, bench.rules and bench.threads on tiny batches; the skip rules and the
+"loop" and "torch" implementations, bench.rules and bench.loop on tiny batches; the skip rules and the
 blocked floor without running anything large.
 
 Nothing here is about speed."""
@@ -200,10 +200,15 @@ def test_rules_table(tmp_path):
         assert "The PyTorch module" in md
 
 
-def test_threads_table():
-    out = _run("bench.threads", "--sizes", "32", "--repeats", "2").stdout
-    rows = [line for line in out.splitlines() if line.startswith("| 32:")]
-    assert len(rows) == 1 and rows[0].count(" ms") == 3, out
+def test_loop_tables():
+    """Two settings, each in a process of its own: a column each, in every table."""
+    argv = ["--sizes", "64", "--batches", "4 per class", "--loops", "plain", "numpy"]
+    out = _run("bench.loop", *argv, "--settings", "default", "one thread each", "--repeats", "1")
+    lines = out.stdout.splitlines()
+    assert "| B | part | default | one thread each |" in lines
+    parts = {line.split(" | ")[1]: line for line in lines if line.startswith("| 64 |")}
+    assert {"gemm", "loss", "loss and gradient", "step", "no-op step"} <= set(parts)
+    assert all(line.count(" | ") == 3 and "|  |" not in line for line in parts.values())
 
 
 def test_crossover_table(tmp_path):
@@ -228,8 +233,8 @@ def test_crossover_table(tmp_path):
         "bench.core_targets",
         "bench.crossover",
         "bench.products",
+        "bench.loop",
         "bench.rules",
-        "bench.threads",
     ],
 )
 def test_help(module):

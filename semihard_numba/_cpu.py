@@ -14,8 +14,10 @@ instead (`_sorted_search`). No two threads touch the same row, and each anchor's
 own slots, added in a fixed order after the kernel, so the result does not depend on the thread
 count.
 
-Batches below SERIAL_MAX_BATCH are one chunk: the Gram product on BLAS's threads, the kernel on
-the calling thread, where waking threads would cost more than it saves.
+Batches below SERIAL_MAX_BATCH are one chunk, on the calling thread alone, its Gram product too:
+waking threads would cost more than it saves, and a BLAS product split among threads waits for the
+slowest, which may share its core with another pool's spinning thread (in a PyTorch step at
+B = 256 that took the loss from 1.3 to 4 ms: bench/README.md, "The loss in a loop").
 
 A block holds as many anchors as fit in `_distances.block_bytes()` (SEMIHARD_NUMBA_BLOCK_BYTES,
 1 GiB by default) beside their B columns: memory beyond the input is O(block x B), never O(B^2)
@@ -513,7 +515,7 @@ def _run_blocks(batch, rule, want_grad, want_values, options):
         def run_chunk(c, start=start, block=block, W=W, nonzeros=nonzeros):
             lo, hi = c * chunk, min((c + 1) * chunk, block.shape[0])
             rows_c = block[lo:hi]
-            if n_chunks == 1 and W is None:  # the Gram rows on BLAS's threads
+            if n_chunks == 1 and W is None:  # the whole product, as `gram` makes it
                 into = None
             else:
                 into = W[lo:hi] if W is not None else _threads.scratch((hi - lo, B), batch.x.dtype)
@@ -536,13 +538,9 @@ def _run_blocks(batch, rule, want_grad, want_values, options):
             elif want_grad:
                 _dense_columns(h, W, embeddings, block, n_threads)
 
-        if n_chunks == 1:  # the kernel on this thread
-            run_chunk(0)
+        with _threads.one_thread_blas():  # the Gram rows and the kernel, chunk by chunk
+            _threads.run_chunks(run_chunk, n_chunks, n_threads)
             backward_columns()
-        else:  # the Gram rows and the kernel, chunk by chunk, on the library's threads
-            with _threads.one_thread_blas():
-                _threads.run_chunks(run_chunk, n_chunks, n_threads)
-                backward_columns()
         del W  # before the next block's: one block in memory at a time
     return classes, embeddings, totals, mined, values, h
 

@@ -90,7 +90,7 @@ def backends():
         "numpy": (True, "vectorized port of TFA's tensor algebra (O(B^3) memory)"),
         "cpu": (
             True,
-            f"Numba {numba.__version__} parallel kernel, {numba.get_num_threads()} threads",
+            f"Numba {numba.__version__} kernel, {numba.get_num_threads()} threads",
         ),
         "cuda": cuda_status(),
     }

@@ -406,8 +406,8 @@ def _mined_pairs(batch, classes, want):
     )
 
 
-def _run_block(batch, rule, classes, embeddings, block, G, keys, key_range, options, out):
-    """Run the rule's kernel on one block of anchors (`out` holds the block's slices)."""
+def _run_kernel(batch, rule, classes, embeddings, block, G, keys, key_range, options, out):
+    """Run the rule's kernel on one chunk of anchors (`out` holds the chunk's slices)."""
     B = batch.size
     metric, margin = embeddings.metric, batch.x.dtype.type(batch.margin)
     members = (classes.members, classes.start)
@@ -488,8 +488,8 @@ def _run_blocks(batch, rule, want_grad, want_values, options):
     """Run the rule's kernel over the anchors, block by block, with the gradient's share of each
     block accumulated before the next block's Gram rows are made. want_values: per-pair results
     (`MinedPairs` for "semihard", the pairs' sums for the every-triplet rules). Returns (classes,
-    embeddings, totals, mined, values, h), h as `_accumulate_backward` leaves it (None without
-    grad)."""
+    embeddings, totals, mined, values, h), h the gradient before its last factor (see
+    `_dense_backward_rows`; None without grad)."""
     classes = class_tables(batch.codes, batch.anchors)
     anchors, B = batch.anchors, batch.size
     embeddings = _Embeddings(batch)
@@ -526,30 +526,30 @@ def _run_blocks(batch, rule, want_grad, want_values, options):
                 _slice(mined, start + lo, start + hi),
             )
             out = _BlockOutputs(want_grad, totals_c, mined_c, pairs)
-            _run_block(batch, rule, classes, embeddings, rows_c, G, keys, key_range, options, out)
+            _run_kernel(batch, rule, classes, embeddings, rows_c, G, keys, key_range, options, out)
             if sparse:  # G holds the chunk's rows of dS/dP
                 nonzeros[c] = _sparse_backward_rows(G, embeddings.y, rows_c, self_weight, h)
             elif want_grad:
                 _dense_backward_rows(h, G, embeddings.y, rows_c, self_weight)
 
-        def backward_columns(block=block, W=W, nonzeros=nonzeros):
-            if sparse:
-                _sparse_columns(h, embeddings, nonzeros, n_threads)
-            elif want_grad:
-                _dense_columns(h, W, embeddings, block, n_threads)
-
         with _threads.one_thread_blas():  # the Gram rows and the kernel, chunk by chunk
             _threads.run_chunks(run_chunk, n_chunks, n_threads)
-            backward_columns()
+            if sparse:
+                _sparse_columns(h, embeddings.y, nonzeros, self_weight, n_threads)
+            elif want_grad:
+                _dense_columns(h, W, embeddings.y, block, self_weight, n_threads)
         del W  # before the next block's: one block in memory at a time
     return classes, embeddings, totals, mined, values, h
 
 
-# A chunk's Gram rows take at most this many bytes, to stay in cache while the kernel runs over
-# them; and a block has at least MIN_CHUNKS chunks, so that a thread slowed by another one on its
-# core hands its share to the others (bench/README.md).
+# A chunk's Gram rows take at most CHUNK_BYTES, to stay in cache while the kernel runs over them,
+# and a block has at least MIN_CHUNKS chunks, so that a thread slowed by another one on its core
+# hands its share to the others; but a chunk has at least MIN_CHUNK_ROWS rows, as each of its
+# products packs the whole of y (B x D) for them: at B = 65536, chunks of 4 rows took the loss
+# from 10.4 s to 27.9 s (bench/README.md, "Core targets").
 CHUNK_BYTES = 2**20
 MIN_CHUNKS = 8
+MIN_CHUNK_ROWS = 64
 
 
 def _chunk_rows(B, itemsize):
@@ -557,7 +557,7 @@ def _chunk_rows(B, itemsize):
     depend on the thread count, so neither do the Gram rows' bits."""
     if B < SERIAL_MAX_BATCH:
         return B
-    return max(1, min(CHUNK_BYTES // (B * itemsize), -(-B // MIN_CHUNKS)))
+    return max(MIN_CHUNK_ROWS, min(CHUNK_BYTES // (B * itemsize), -(-B // MIN_CHUNKS)))
 
 
 def evaluate(batch, rule, want_grad, reduction="mean", **speed_ups):
@@ -603,18 +603,17 @@ def _column_ranges(B):
     return width, -(-B // width)
 
 
-def _sparse_columns(h, embeddings, nonzeros, n_threads):
+def _sparse_columns(h, y, nonzeros, self_weight, n_threads):
     """The columns' share of the sparse backward (`_sparse_backward_columns`), the columns
     shared among the threads."""
     anchor, column, weight = (np.concatenate(part) for part in zip(*nonzeros))
     B = h.shape[0]
     width, count = _column_ranges(B)
-    self_weight = _self_weight(embeddings)
 
     def columns(c):
         first = c * width
         _sparse_backward_columns(
-            anchor, column, weight, embeddings.y, self_weight, h, first, min(B, first + width)
+            anchor, column, weight, y, self_weight, h, first, min(B, first + width)
         )
 
     _threads.run_chunks(columns, count, n_threads)
@@ -633,11 +632,9 @@ def _dense_backward_rows(h, W, y, rows, self_weight):
     h[rows] += self_weight * W.sum(axis=1)[:, None] * y[rows] - W @ y
 
 
-def _dense_columns(h, W, embeddings, block, n_threads):
+def _dense_columns(h, W, y, block, self_weight, n_threads):
     """Every row of h, from the block's rows W of dS/dP: a BLAS product for each range of
     columns, the ranges shared among the threads."""
-    y = embeddings.y
-    self_weight = _self_weight(embeddings)
     width, count = _column_ranges(h.shape[0])
     y_block = y[block]
 

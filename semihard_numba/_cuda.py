@@ -321,8 +321,9 @@ def _run(batch, rule, embeddings, classes, want_grad, outputs):
 
 
 def _accumulate_backward(h, W, embeddings, block, whole):
-    """h += the gradient's share of the block's rows W of dS/dP (`_cpu._accumulate_backward`):
-    two tiled products, or one after W + W.T when every anchor is in one block."""
+    """h += the gradient's share of the block's rows W of dS/dP (as `_cpu._dense_backward_rows`
+    and `_cpu._dense_columns`): two tiled products, or one after W + W.T when every anchor is
+    in one block."""
     dtype = np.dtype(W.dtype)
     sums, accumulate_rows, accumulate_all, _ = kernels.backward_kernels(dtype.str)
     y = embeddings.y

@@ -217,7 +217,8 @@ def backward_kernels(dtype):
 
     With W the block's rows of dS/dP (rows[i] the anchor of row i), h gathers
     h_a += sum_j W_ij (s y_a - y_j) and h_j += sum_i W_ij (s y_j - y_a), s = 1 for squared
-    distances, 0 for the cosine of "angular" (as `_cpu._accumulate_backward`)."""
+    distances, 0 for the cosine of "angular" (as `_cpu._dense_backward_rows` and
+    `_cpu._dense_columns`)."""
     nbtype = _nb(dtype)
 
     @cuda.jit

@@ -35,11 +35,17 @@ _blas_saved = []  # the counts they had before the first of those calls
 
 
 def _forget_after_fork():
+    """A forked child has none of the pool's threads, and none of the calls that were running
+    in other threads: OpenBLAS gets back the count those calls had taken from it."""
     global _pool, _lock, _blas_users
+    if _blas_users:
+        for (_, set_count), count in zip(_blas, _blas_saved):
+            set_count(count)
     _pool, _lock, _blas_users = None, threading.Lock(), 0
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 _local = threading.local()
@@ -94,7 +100,8 @@ def run_chunks(task, n_chunks, n_threads):
         with take:  # after an error here, the helpers stop at their next chunk
             for _ in chunks:
                 pass
-        errors = [helper.exception() for helper in helpers]  # waits for each
+        # a helper still queued behind another call's has nothing left to do: drop it
+        errors = [None if helper.cancel() else helper.exception() for helper in helpers]
     for error in errors:
         if error is not None:
             raise error

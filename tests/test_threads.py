@@ -1,6 +1,8 @@
 """The library's own threads (`_threads`): every chunk runs once, on several threads, errors
 reach the caller, and OpenBLAS runs on one thread inside `one_thread_blas` only."""
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -87,3 +89,51 @@ def test_a_call_from_another_thread_sets_openblas_too():
     thread.start()
     thread.join()
     assert inside == [1] and _numpy_blas_threads() == before
+
+
+FORK_INSIDE_A_CALL = """
+import multiprocessing, threading, numpy as np
+from threadpoolctl import threadpool_info
+from semihard_numba import _threads
+
+def numpy_blas_threads():
+    return next(lib["num_threads"] for lib in threadpool_info()
+                if lib["internal_api"] == "openblas" and "numpy" in lib["filepath"])
+
+before = numpy_blas_threads()
+inside, leave = threading.Event(), threading.Event()
+
+def call():  # a call in another thread, inside one_thread_blas when the process forks
+    with _threads.one_thread_blas():
+        inside.set()
+        leave.wait(60)
+
+thread = threading.Thread(target=call)
+thread.start()
+inside.wait(60)
+
+def child(queue):
+    queue.put(numpy_blas_threads())
+
+context = multiprocessing.get_context("fork")
+queue = context.Queue()
+process = context.Process(target=child, args=(queue,))
+process.start()
+in_child = queue.get(timeout=60)
+process.join(60)
+leave.set()
+thread.join()
+assert in_child == before, (in_child, before)
+assert numpy_blas_threads() == before
+print("ok")
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX")
+@pytest.mark.skipif(_numpy_blas_threads() in (None, 1), reason="needs a threaded OpenBLAS")
+def test_a_child_forked_during_a_call_gets_openblas_back():
+    run = subprocess.run(
+        [sys.executable, "-c", FORK_INSIDE_A_CALL], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.strip().endswith("ok")

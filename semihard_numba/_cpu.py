@@ -462,7 +462,7 @@ def _run_kernel(batch, rule, classes, embeddings, block, G, keys, key_range, opt
         )
 
 
-class _BlockOutputs(NamedTuple):
+class _ChunkOutputs(NamedTuple):
     want_grad: bool
     totals: np.ndarray
     mined: MinedPairs
@@ -525,7 +525,7 @@ def _run_blocks(batch, rule, want_grad, want_values, options):
                 totals[start + lo : start + hi],
                 _slice(mined, start + lo, start + hi),
             )
-            out = _BlockOutputs(want_grad, totals_c, mined_c, pairs)
+            out = _ChunkOutputs(want_grad, totals_c, mined_c, pairs)
             _run_kernel(batch, rule, classes, embeddings, rows_c, G, keys, key_range, options, out)
             if sparse:  # G holds the chunk's rows of dS/dP
                 nonzeros[c] = _sparse_backward_rows(G, embeddings.y, rows_c, self_weight, h)

@@ -90,9 +90,8 @@ def run_chunks(task, n_chunks, n_threads):
 
     with _lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(
-                numba.config.NUMBA_NUM_THREADS - 1, thread_name_prefix="semihard_numba"
-            )
+            workers = max(1, numba.config.NUMBA_NUM_THREADS - 1)
+            _pool = ThreadPoolExecutor(workers, thread_name_prefix="semihard_numba")
         helpers = [_pool.submit(work) for _ in range(n_threads - 1)]
     try:
         work()

@@ -137,7 +137,8 @@ from semihard_numba import _cpu, _threads
 _cpu.SERIAL_MAX_BATCH = 0  # chunks on the library's threads, whatever the batch size
 labels = np.repeat(np.arange(50), 4)
 x = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)
-parent = sn.triplet_semihard_loss_and_grad(labels, x)  # starts the parent's pool
+parent = sn.triplet_semihard_loss_and_grad(labels, x)
+_threads.run_chunks(lambda c: None, 2, 2)  # the parent's pool has a thread, whatever the count
 assert _threads._pool is not None
 
 def child(queue):

@@ -1,5 +1,5 @@
-"""The golden cases as the framework tests (test_jax.py, test_tensorflow.py, test_keras.py) run
-them: each case's rule, settings and inputs, and the check of a framework's loss and autodiff
+"""The golden cases as the framework tests (test_jax.py, test_tensorflow.py, test_keras.py,
+test_torch.py) run them: each case's rule, settings and inputs, and the check of a framework's loss and autodiff
 gradient against the reference's own numbers (the cases where we deliberately differ are tested
 in tests/test_golden.py)."""
 
@@ -17,7 +17,7 @@ from golden import (
 )
 from tiers import golden_sample
 
-_RULES = {  # rule -> (cases, the cases where we deliberately differ)
+GOLDEN = {  # rule -> (cases, the cases where we deliberately differ)
     "semihard": (semihard_cases, {TF_TIE_LEAK_CASE}),
     "hard": (hard_cases, TF_SOFTPLUS_OVERFLOW_CASES),
     "batch-all": (batch_all_cases, TORCH_ROUNDING_CASES),
@@ -28,7 +28,7 @@ _RULES = {  # rule -> (cases, the cases where we deliberately differ)
 def golden_params():
     """pytest parameters (rule, case) over the tier's sample of every reference's cases."""
     params = []
-    for rule, (cases, differ) in _RULES.items():
+    for rule, (cases, differ) in GOLDEN.items():
         for case in golden_sample(cases()):
             if case.case not in differ:
                 params.append(pytest.param(rule, case, id=f"{rule}-{case!r}"))

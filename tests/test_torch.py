@@ -21,15 +21,7 @@ from semihard_numba.torch import (
 )
 
 import torch_workers
-from golden import (
-    TF_SOFTPLUS_OVERFLOW_CASES,
-    TF_TIE_LEAK_CASE,
-    TORCH_ROUNDING_CASES,
-    all_semihard_cases,
-    batch_all_cases,
-    hard_cases,
-    semihard_cases,
-)
+from framework_cases import GOLDEN, check_golden
 
 MODULES = {  # rule -> (module, the NumPy function with its gradient, keyword arguments)
     "semihard": (TripletSemiHardLoss, sn.triplet_semihard_loss_and_grad, {}),
@@ -88,20 +80,12 @@ def test_gradcheck_with_anchor_subsets_and_reference_rows():
     )
 
 
-GOLDEN = {  # rule -> (cases, the cases where we deliberately differ)
-    "semihard": (semihard_cases(), {TF_TIE_LEAK_CASE}),
-    "hard": (hard_cases(), TF_SOFTPLUS_OVERFLOW_CASES),
-    "batch-all": (batch_all_cases(), TORCH_ROUNDING_CASES),
-    "all-semihard": (all_semihard_cases(), set()),
-}
-
-
 @pytest.mark.parametrize("rule", sorted(GOLDEN))
 def test_golden_cases_through_the_modules(rule):
     """The reference implementations' own losses and gradients (tests/data), through torch
     (the cases where we deliberately differ are tested in tests/test_golden.py)."""
     cases, differ = GOLDEN[rule]
-    for case in cases:
+    for case in cases():
         if case.case in differ:
             continue
         soft = {"soft": case.soft} if rule == "hard" else {}
@@ -109,12 +93,7 @@ def test_golden_cases_through_the_modules(rule):
         x = torch.tensor(case.embeddings, requires_grad=True)
         loss = loss_fn(torch.tensor(case.labels), x)
         loss.backward()
-        want = 0.0 if np.isnan(case.loss) else case.loss  # TFA's NaN without pairs is our 0.0
-        np.testing.assert_allclose(loss.item(), want, rtol=1e-5, atol=1e-6, err_msg=repr(case))
-        if not np.isnan(case.loss):
-            np.testing.assert_allclose(
-                x.grad.numpy(), case.grad, rtol=1e-4, atol=1e-6, err_msg=repr(case)
-            )
+        check_golden(case, loss.item(), x.grad.numpy())
 
 
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])

@@ -18,8 +18,9 @@ import tarfile
 import tempfile
 import time
 
+from bench.loop import SETTLE_S
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTLE_S = 0.3
 
 
 def import_commit(commit, into):

@@ -406,16 +406,24 @@ def _mined_pairs(batch, classes, want):
     )
 
 
-def _run_kernel(batch, rule, classes, embeddings, block, G, keys, key_range, options, out):
-    """Run the rule's kernel on one chunk of anchors (`out` holds the chunk's slices)."""
-    B = batch.size
-    metric, margin = embeddings.metric, batch.x.dtype.type(batch.margin)
-    members = (classes.members, classes.start)
+def _search(rule, classes, B, want_grad, options):
+    """(search, with_sorted_search) for the kernels: search = (the sorted search's threshold,
+    bucket_max), and whether any class is large enough for it, so that the kernel is compiled
+    with it."""
     threshold = options["sorted_search_min_positives"]
     if threshold is None:  # the rule's own ("hard" never reads it)
-        threshold = SORTED_SEARCH_MIN_POSITIVES.get(rule.name, (0, 0))[out.want_grad]
-    search = (threshold, options["bucket_max"])
-    with_sorted_search = bool((classes.counts[classes.counts < B] > search[0]).any())
+        threshold = SORTED_SEARCH_MIN_POSITIVES.get(rule.name, (0, 0))[want_grad]
+    with_sorted_search = bool((classes.counts[classes.counts < B] > threshold).any())
+    return (threshold, options["bucket_max"]), with_sorted_search
+
+
+def _run_kernel(
+    batch, rule, classes, embeddings, block, G, keys, key_range, search, with_sorted_search, out
+):
+    """Run the rule's kernel on one chunk of anchors (`out` holds the chunk's slices; search and
+    with_sorted_search from `_search`)."""
+    metric, margin = embeddings.metric, batch.x.dtype.type(batch.margin)
+    members = (classes.members, classes.start)
     if rule.name == SEMIHARD:
         _SEMIHARD_LOOPS[with_sorted_search](
             batch.codes,
@@ -504,6 +512,7 @@ def _run_blocks(batch, rule, want_grad, want_values, options):
     self_weight = _self_weight(embeddings)
     n_threads = 1 if B < SERIAL_MAX_BATCH else _threads.threads()
     chunk = options["rows_per_chunk"] or _chunk_rows(B, batch.x.dtype.itemsize)
+    search = _search(rule, classes, B, want_grad, options)  # once: the same for every chunk
     for start in range(0, anchors.shape[0], rows):
         stop = min(start + rows, anchors.shape[0])
         block = anchors[start:stop]
@@ -526,7 +535,7 @@ def _run_blocks(batch, rule, want_grad, want_values, options):
                 _slice(mined, start + lo, start + hi),
             )
             out = _ChunkOutputs(want_grad, totals_c, mined_c, pairs)
-            _run_kernel(batch, rule, classes, embeddings, rows_c, G, keys, key_range, options, out)
+            _run_kernel(batch, rule, classes, embeddings, rows_c, G, keys, key_range, *search, out)
             if sparse:  # G holds the chunk's rows of dS/dP
                 nonzeros[c] = _sparse_backward_rows(G, embeddings.y, rows_c, self_weight, h)
             elif want_grad:
